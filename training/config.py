@@ -45,6 +45,7 @@ class ArchConfig(_Strict):
     # Scan the recursion (small programs, fast compiles) or unroll it (XLA may fuse across
     # cycles); both compute the same numbers.
     unroll_cycles: bool
+    attention_impl: Literal["auto", "xla", "cudnn"]
 
     @field_validator("halt_max_steps", "H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads")
     @classmethod

@@ -1,0 +1,130 @@
+"""Build the 9x9 Sudoku dataset (official TRM format) from CSVs, or generate such CSVs offline.
+
+    python dataset/build_sudoku_dataset.py --source DIR --output-dir OUT [--subsample-size N]
+        [--num-aug K] [--min-difficulty R] [--seed S]
+    python dataset/build_sudoku_dataset.py generate --output-dir DIR --num-train N --num-test M
+        [--min-rating R] [--seed S]
+
+DIR holds train.csv/test.csv (`source,question,answer,rating`, '.' = blank); it may be a gs:// prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from dataset.common import (
+    BLANK_IDENTIFIER,
+    DatasetError,
+    chars_to_codes,
+    read_puzzle_csv,
+    write_csv,
+    write_identifiers,
+    write_manifest,
+    write_split,
+)
+from dataset.sudoku import apply_symmetries, check_solutions, random_symmetries
+from dataset.sudoku_solver import generate_puzzles
+
+_DIGITS = np.full(256, -1, np.int16)
+_DIGITS[ord(".")] = 0
+_DIGITS[ord("1") : ord("9") + 1] = np.arange(1, 10)
+
+
+def load_split(path: str, min_difficulty: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CSV as (questions, answers) uint8 digit arrays [N, 81], 0 = blank."""
+    questions, answers, ratings = read_puzzle_csv(path, 81)
+    q = chars_to_codes(questions, _DIGITS, path, "question")
+    a = chars_to_codes(answers, _DIGITS, path, "answer")
+    keep = ratings >= min_difficulty if min_difficulty is not None else slice(None)
+    return q[keep], a[keep]
+
+
+def augment_groups(rng: np.random.Generator, q: np.ndarray, a: np.ndarray, num_aug: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each puzzle followed by `num_aug` random symmetric copies, group-major: [N * (num_aug + 1), 81]."""
+    n = len(q)
+    q_out = np.repeat(q[:, None], num_aug + 1, axis=1)
+    a_out = np.repeat(a[:, None], num_aug + 1, axis=1)
+    if num_aug:
+        sym = random_symmetries(rng, n * num_aug, 3)
+        q_out[:, 1:] = apply_symmetries(q_out[:, 1:].reshape(-1, 81), sym).reshape(n, num_aug, 81)
+        a_out[:, 1:] = apply_symmetries(a_out[:, 1:].reshape(-1, 81), sym).reshape(n, num_aug, 81)
+    return q_out.reshape(-1, 81), a_out.reshape(-1, 81)
+
+
+def build(source: str, output_dir: str, *, subsample_size: int | None = None, num_aug: int = 0,
+          min_difficulty: int | None = None, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        path = f"{source.rstrip('/')}/{split}.csv"
+        q, a = load_split(path, min_difficulty)
+        if split == "train" and subsample_size is not None and subsample_size < len(q):
+            keep = rng.choice(len(q), subsample_size, replace=False)
+            q, a = q[keep], a[keep]
+        aug = num_aug if split == "train" else 0
+        q, a = augment_groups(rng, q, a, aug)
+        check_solutions(q, a, 3, path)
+        write_split(output_dir, split, {"all": sudoku_arrays(q, a, aug + 1)},
+                    pad_id=0, ignore_label_id=0, vocab_size=11, num_puzzle_identifiers=1)
+    write_identifiers(output_dir, [BLANK_IDENTIFIER])
+    write_manifest(output_dir, "build_sudoku_dataset", dict(source=source, subsample_size=subsample_size,
+                   num_aug=num_aug, min_difficulty=min_difficulty, seed=seed))
+
+
+def sudoku_arrays(q: np.ndarray, a: np.ndarray, group_size: int) -> dict[str, np.ndarray]:
+    """Official layout: every example its own puzzle (identifier 0); groups of `group_size` puzzles."""
+    m = len(q)
+    return {
+        "inputs": q + 1,
+        "labels": a + 1,
+        "puzzle_identifiers": np.zeros(m, np.int32),
+        "puzzle_indices": np.arange(m + 1),
+        "group_indices": np.arange(0, m + 1, group_size),
+    }
+
+
+def generate(output_dir: str, *, num_train: int, num_test: int, min_rating: int = 1, seed: int = 0) -> None:
+    """Write train.csv/test.csv of fresh unique-solution puzzles rated by solver search effort."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", num_train), ("test", num_test)):
+        triples = generate_puzzles(rng, count, min_rating)
+        questions = ["".join(str(d) if d else "." for d in p) for p, _, _ in triples]
+        answers = ["".join(map(str, s)) for _, s, _ in triples]
+        write_csv(f"{output_dir}/{split}.csv", questions, answers, [r for _, _, r in triples], "generated")
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    if argv[:1] == ["generate"]:
+        p = argparse.ArgumentParser(prog="build_sudoku_dataset.py generate", description=generate.__doc__)
+        p.add_argument("--output-dir", required=True)
+        p.add_argument("--num-train", type=int, required=True)
+        p.add_argument("--num-test", type=int, required=True)
+        p.add_argument("--min-rating", type=int, default=1, help="minimum search nodes (1 = needs guessing)")
+        p.add_argument("--seed", type=int, default=0)
+        return p.parse_args(argv[1:], namespace=argparse.Namespace(command="generate"))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", required=True, help="directory or gs:// prefix with train.csv and test.csv")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--subsample-size", type=int, default=None)
+    p.add_argument("--num-aug", type=int, default=0)
+    p.add_argument("--min-difficulty", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv, namespace=argparse.Namespace(command="build"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = vars(_parse(sys.argv[1:] if argv is None else argv))
+    command = args.pop("command")
+    start = time.perf_counter()
+    try:
+        (generate if command == "generate" else build)(**args)
+    except DatasetError as e:
+        sys.exit(f"error: {e}")
+    print(f"{command} finished in {time.perf_counter() - start:.2f} s -> {args['output_dir']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""Compare this JAX TRM against fixtures recorded from the official PyTorch code.
+
+    python scripts/check_parity.py ../shared/fixtures/trm_reference [MORE_DIRS ...]
+
+For every case (`<case>.json` + `<case>.npz`) in each directory: model traces load the official
+weights by name, replay the training-mode and eval-mode ACT steps, and compare logits, q-logits,
+carry, halting, loss, metrics and gradients; the function/optimizer cases compare stablemax,
+AdamATan2, the sparse sign-SGD and the lr schedule. Two checks per model trace:
+  tight   - step 1, gradients, and every later step restarted from the saved previous carry
+            (teacher-forced): float32 rtol = atol = 1e-5 (gradients rtol 1e-4);
+  chained - our own carry chained through all steps, with the per-array atol the fixture's
+            sidecar suggests (the recursion amplifies float32 rounding).
+Discrete outputs (halting, step counts, current data, integer metrics) must match exactly.
+Prints the worst error per tensor; exits 0 only if every tensor is within tolerance and every
+array in the fixture was compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.act import Carry, act_step, initial_carry, reset_carry
+from models.losses import act_loss, log_stablemax, stablemax_cross_entropy
+from models.torch_import import _our_path, import_state_dict
+from models.trm import ModelDims, build_model, init_variables
+from training.config import ArchConfig
+from training.optimizers import adam_atan2, cosine_lr, sign_sgd_sparse_update
+
+TIGHT = dict(rtol=1e-5, atol=1e-5)
+GRAD = dict(rtol=1e-4, atol=1e-5)
+DISCRETE = ("halted", "steps", "all_finish", "current_inputs", "current_labels", "current_puzzle_identifiers",
+            "metric/count", "metric/exact_accuracy", "metric/q_halt_accuracy", "metric/steps", "local_ids")
+
+
+@dataclass
+class Result:
+    key: str
+    err: float
+    tol: str
+    ok: bool
+
+
+class Comparator:
+    def __init__(self, case: str, arrays):
+        self.case, self.arrays, self.results, self.used = case, arrays, [], set()
+
+    def mark_used(self, *keys):
+        self.used.update(keys)
+
+    def check(self, key: str, ours, label: str | None = None, rtol=1e-5, atol=1e-5):
+        """Compare `ours` against fixture array `key`; `label` names the check in the report."""
+        ref = np.asarray(self.arrays[key])
+        ours = np.asarray(ours)
+        self.used.add(key)
+        name = f"{self.case}:{label or key}"
+        if ours.shape != ref.shape:
+            self.results.append(Result(name, float("inf"), f"shape {ours.shape} vs {ref.shape}", False))
+            return
+        if any(key.endswith(d) for d in DISCRETE) or ref.dtype == bool:
+            bad = int(np.sum(ours.astype(np.int64) != ref.astype(np.int64)))
+            self.results.append(Result(name, float(bad), "exact", bad == 0))
+            return
+        diff = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
+        limit = atol + rtol * np.abs(ref.astype(np.float64))
+        ok = bool(np.all(diff <= limit)) and bool(np.all(np.isfinite(ours) == np.isfinite(ref)))
+        self.results.append(Result(name, float(diff.max()) if diff.size else 0.0, f"rtol={rtol:g} atol={atol:g}", ok))
+
+
+# ---------------------------------------------------------------- model traces
+
+def _arch_from_fixture(meta) -> ArchConfig:
+    mc = meta["model_config"]
+    loss = re.search(r"loss_type='(\w+)'", meta.get("loss_head", "")) if meta.get("loss_head") else None
+    keys = ("halt_exploration_prob", "halt_max_steps", "H_cycles", "L_cycles", "H_layers", "L_layers", "hidden_size",
+            "num_heads", "expansion", "puzzle_emb_ndim", "puzzle_emb_len", "pos_encodings", "forward_dtype", "mlp_t",
+            "no_ACT_continue", "rms_norm_eps", "rope_theta")
+    return ArchConfig(name="trm", loss_type=loss.group(1) if loss else "stablemax_cross_entropy",
+                      unroll_cycles=False, attention_impl="xla", **{k: mc[k] for k in keys})
+
+
+def _batch(arrays, prefix):
+    return {k: jnp.asarray(arrays[f"{prefix}/{k}"], jnp.int32) for k in ("inputs", "labels", "puzzle_identifiers")}
+
+
+def _saved_carry(arrays, prefix) -> Carry:
+    return Carry(
+        z_H=jnp.asarray(arrays[f"{prefix}/z_H"]), z_L=jnp.asarray(arrays[f"{prefix}/z_L"]),
+        steps=jnp.asarray(arrays[f"{prefix}/steps"], jnp.int32), halted=jnp.asarray(arrays[f"{prefix}/halted"], bool),
+        inputs=jnp.asarray(arrays[f"{prefix}/current_inputs"], jnp.int32),
+        labels=jnp.asarray(arrays[f"{prefix}/current_labels"], jnp.int32),
+        puzzle_identifiers=jnp.asarray(arrays[f"{prefix}/current_puzzle_identifiers"], jnp.int32),
+    )
+
+
+def _make_step(model, arch: ArchConfig):
+    def step(variables, table, carry, batch, rng, train: bool):
+        carry = reset_carry(carry, batch, variables["buffers"])
+        rows = jnp.take(table, carry.puzzle_identifiers, axis=0)
+
+        def loss_fn(params, rows):
+            v = {"params": params, "buffers": variables["buffers"]}
+            new_carry, out = act_step(model, v, carry, rows, train=train, rng=rng, exploration_prob=arch.halt_exploration_prob,
+                                      H_cycles=arch.H_cycles, L_cycles=arch.L_cycles)
+            loss, metrics, _ = act_loss(out["logits"], out["q_halt_logits"], out["q_continue_logits"], new_carry.labels,
+                                        new_carry.halted, new_carry.steps, arch.loss_type, out.get("target_q_continue"))
+            return loss, (new_carry, out, metrics)
+
+        (loss, (new_carry, out, metrics)), grads = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(variables["params"], rows)
+        return new_carry, out, loss, metrics, grads
+
+    return jax.jit(step, static_argnames="train")
+
+
+def _compare_step(cmp: Comparator, prefix: str, label: str, carry, out, loss, metrics, tols):
+    def tol(name):
+        return tols(f"{prefix}/{name}")
+
+    for name in ("logits", "q_halt_logits", "q_continue_logits"):
+        cmp.check(f"{prefix}/{name}", out[name], f"{label}/{name}", **tol(name))
+    for name in ("z_H", "z_L"):
+        if f"{prefix}/{name}" in cmp.arrays:
+            cmp.check(f"{prefix}/{name}", getattr(carry, name), f"{label}/{name}", **tol(name))
+    cmp.check(f"{prefix}/halted", carry.halted, f"{label}/halted")
+    cmp.check(f"{prefix}/steps", carry.steps, f"{label}/steps")
+    cmp.check(f"{prefix}/all_finish", carry.halted.all(), f"{label}/all_finish")
+    for name in ("inputs", "labels", "puzzle_identifiers"):
+        cmp.check(f"{prefix}/current_{name}", getattr(carry, name), f"{label}/current_{name}")
+    cmp.check(f"{prefix}/loss", loss, f"{label}/loss", **tol("loss"))
+    for k, v in metrics.items():
+        key = f"{prefix}/metric/{k}"
+        if key in cmp.arrays:
+            cmp.check(key, v, f"{label}/metric/{k}", **(dict(rtol=0, atol=1e-6) if k == "accuracy" else tol(f"metric/{k}")))
+
+
+def check_model_trace(case: str, meta, arrays) -> Comparator:
+    cmp = Comparator(case, arrays)
+    arch = _arch_from_fixture(meta)
+    mc = meta["model_config"]
+    model = build_model(arch, ModelDims(mc["vocab_size"], mc["seq_len"], mc["num_puzzle_identifiers"]))
+    state_dict = {k[len("param/"):]: arrays[k] for k in arrays if k.startswith("param/")}
+    cmp.mark_used(*(f"param/{k}" for k in state_dict))
+    params, buffers, table = import_state_dict(state_dict, init_variables(model, jax.random.key(0)))
+    variables = {"params": params, "buffers": buffers}
+    table = jnp.asarray(table if table is not None else np.zeros((mc["num_puzzle_identifiers"], arch.puzzle_emb_ndim), np.float32))
+    step = _make_step(model, arch)
+    noise = meta.get("float32_noise", {}).get("per_key", {})
+
+    def tight(_key):
+        return TIGHT
+
+    def chained(key):
+        atol = noise.get(key, {}).get("suggested_atol_chained", TIGHT["atol"])
+        return dict(rtol=1e-5, atol=max(atol, TIGHT["atol"]))
+
+    batches = {"batch": _batch(arrays, "batch"), "batch2": _batch(arrays, "batch2") if "batch2/inputs" in arrays else None}
+    cmp.mark_used(*(k for k in arrays if k.startswith(("batch/", "batch2/"))))
+    rng = jax.random.key(int(meta.get("seed", 0)) if isinstance(meta.get("seed"), int) else 0)
+    for mode, train in (("train", True), ("eval", False)):
+        n = max(int(m.group(1)) for k in arrays if (m := re.match(rf"{mode}/(\d+)/logits$", k)))
+        own = initial_carry(model, batches["batch"]["inputs"].shape[0])
+        for k in range(1, n + 1):
+            batch = batches["batch"] if (k == 1 or mode == "eval") else batches["batch2"]
+            prefix = f"{mode}/{k}"
+            rng, sub = jax.random.split(rng)
+            own, out, loss, metrics, grads = step(variables, table, own, batch, sub, train=train)
+            _compare_step(cmp, prefix, f"{prefix}[chained]", own, out, loss, metrics, tight if k == 1 else chained)
+            if k == 1 and mode == "train":
+                _compare_grads(cmp, grads, own)
+            if k > 1:
+                forced, out, loss, metrics, _ = step(variables, table, _saved_carry(arrays, f"{mode}/{k - 1}"), batch, sub, train=train)
+                _compare_step(cmp, prefix, f"{prefix}[teacher-forced]", forced, out, loss, metrics, tight)
+    return cmp
+
+
+def _compare_grads(cmp: Comparator, grads, carry):
+    param_grads, row_grads = grads
+    flat = {tuple(p.key for p in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(param_grads)[0]}
+    for key in [k for k in cmp.arrays if k.startswith("grad/")]:
+        name = key[len("grad/"):]
+        if name.endswith("local_weights"):
+            cmp.check(key, row_grads, **GRAD)
+        elif name.endswith("local_ids"):
+            cmp.check(key, carry.puzzle_identifiers)
+        else:
+            coll, path, transpose = _our_path(name)
+            g = flat.get(path)
+            if coll != "params" or g is None:
+                cmp.results.append(Result(f"{cmp.case}:{key}", float("inf"), "no such parameter", False))
+                cmp.mark_used(key)
+                continue
+            cmp.check(key, g.T if transpose else g, **GRAD)
+
+
+# ---------------------------------------------------------------- function / optimizer cases
+
+def check_stablemax(case, meta, a) -> Comparator:
+    cmp = Comparator(case, a)
+    logits, labels = jnp.asarray(a["logits"]), jnp.asarray(a["labels"])
+    cmp.mark_used("logits", "labels")
+    cmp.check("log_stablemax", log_stablemax(logits))
+    cmp.check("log_stablemax_f32", log_stablemax(logits))
+    cmp.check("stablemax_cross_entropy", stablemax_cross_entropy(logits, labels))
+    if "ce_with_valid_mask" in a:
+        cmp.check("ce_with_valid_mask", stablemax_cross_entropy(logits, labels, valid_mask=labels != -100))
+    grad = jax.grad(lambda x: stablemax_cross_entropy(x, labels).sum())(logits)
+    cmp.check("grad_logits", grad)
+    return cmp
+
+
+def check_adam_atan2(case, meta, a) -> Comparator:
+    cmp = Comparator(case, a)
+    b1, b2 = (float(x) for x in a["betas"])
+    tx = adam_atan2(float(a["lr"]), b1, b2, float(a["weight_decay"]))
+    p = jnp.asarray(a["param0"], jnp.float32)
+    state = tx.init(p)
+    cmp.mark_used("param0", "betas", "lr", "weight_decay", *(k for k in a if k.startswith("variant/")))
+    k = 1
+    while f"grad/{k}" in a:
+        upd, state = tx.update(jnp.asarray(a[f"grad/{k}"], jnp.float32), state, p)
+        p = p + upd
+        cmp.mark_used(f"grad/{k}")
+        cmp.check(f"param/{k}", p, rtol=1e-6, atol=1e-7)
+        cmp.check(f"exp_avg/{k}", state.mu, rtol=1e-6, atol=1e-9)
+        cmp.check(f"exp_avg_sq/{k}", state.nu, rtol=1e-6, atol=1e-12)
+        k += 1
+    return cmp
+
+
+def check_signsgd(case, meta, a) -> Comparator:
+    cmp = Comparator(case, a)
+    cmp.mark_used("table_before", "local_ids", "local_grads", "lr", "weight_decay")
+    new = sign_sgd_sparse_update(jnp.asarray(a["table_before"]), jnp.asarray(a["local_ids"], jnp.int32),
+                                 jnp.asarray(a["local_grads"]), float(a["lr"]), float(a["weight_decay"]))
+    cmp.check("table_after", new, rtol=1e-6, atol=1e-7)
+    return cmp
+
+
+def check_lr_schedule(case, meta, a) -> Comparator:
+    cmp = Comparator(case, a)
+    cmp.mark_used("steps", "base_lr", "warmup", "total")
+    for key in [k for k in a if k.startswith("lr/min_ratio_")]:
+        ratio = float(key[len("lr/min_ratio_"):])
+        ours = cosine_lr(jnp.asarray(a["steps"]), float(a["base_lr"]), int(a["warmup"]), int(a["total"]), ratio)
+        cmp.check(key, ours, rtol=1e-6, atol=1e-12)
+    return cmp
+
+
+def _dispatch(meta, arrays):
+    if meta.get("kind") == "model_trace":
+        return check_model_trace
+    keys = set(arrays.keys())
+    if "log_stablemax" in keys:
+        return check_stablemax
+    if "exp_avg/1" in keys:
+        return check_adam_atan2
+    if "table_after" in keys:
+        return check_signsgd
+    if any(k.startswith("lr/") for k in keys):
+        return check_lr_schedule
+    return None
+
+
+def check_directory(directory: Path) -> list[Result]:
+    results = []
+    cases = sorted(directory.glob("*.json"))
+    if not cases:
+        return [Result(f"{directory}", float("inf"), "no <case>.json fixtures found", False)]
+    for sidecar in cases:
+        meta = json.loads(sidecar.read_text())
+        npz = sidecar.with_name(meta.get("npz", sidecar.stem + ".npz"))
+        if not npz.exists():
+            results.append(Result(sidecar.stem, float("inf"), f"missing {npz.name}", False))
+            continue
+        arrays = dict(np.load(npz))
+        checker = _dispatch(meta, arrays)
+        if checker is None:
+            results.append(Result(sidecar.stem, float("inf"), "unknown fixture kind", False))
+            continue
+        cmp = checker(sidecar.stem, meta, arrays)
+        results.extend(cmp.results)
+        for key in sorted(set(arrays) - cmp.used):
+            results.append(Result(f"{sidecar.stem}:{key}", float("inf"), "not compared", False))
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("fixture_dirs", nargs="+", type=Path)
+    parser.add_argument("--verbose", action="store_true", help="print every comparison, not only the worst per tensor")
+    args = parser.parse_args(argv)
+    jax.config.update("jax_default_matmul_precision", "highest")
+    results = [r for d in args.fixture_dirs for r in check_directory(d)]
+    worst: dict[str, Result] = {}
+    for r in results:
+        # One line per tensor: the chained and teacher-forced checks of a key are reported apart.
+        if r.key not in worst or (not r.ok and worst[r.key].ok) or r.err > worst[r.key].err:
+            worst[r.key] = r
+    shown = results if args.verbose else worst.values()
+    width = max(len(r.key) for r in shown)
+    for r in shown:
+        print(f"{'ok  ' if r.ok else 'FAIL'} {r.key:<{width}}  max_err={r.err:.3e}  ({r.tol})")
+    failed = [r for r in results if not r.ok]
+    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+import json
+
+import numpy as np
+import pytest
+
+from dataset.build_arc_dataset import main as build_arc
+from dataset.puzzle_dataset import IGNORE_LABEL_ID, PuzzleDataset, eval_batches
+from evaluators.arc import ArcEvaluator
+from tests.arc_fixtures import write_tiny_arc
+
+
+@pytest.fixture(scope="module")
+def arc_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("arc_eval")
+    write_tiny_arc(str(root / "arc"), (("training", 1), ("evaluation", 3)))
+    build_arc(["--input-file-prefix", str(root / "arc"), "--output-dir", str(root / "out"),
+               "--subsets", "training", "evaluation", "--test-set-name", "evaluation", "--num-aug", "4"])
+    return str(root / "out")
+
+
+def _evaluate(data_path, make_preds, save_dir=None):
+    dataset = PuzzleDataset([data_path], "test")
+    evaluator = ArcEvaluator(data_path, dataset.metadata, pass_Ks=(1, 2, 5))
+    evaluator.begin_eval()
+    rng = np.random.default_rng(0)
+    for _, batch in eval_batches(dataset, 8, process_index=0, process_count=1):
+        outputs = {"preds": make_preds(batch, rng), "q_halt_logits": rng.normal(size=len(batch["inputs"]))}
+        evaluator.update_batch(batch, outputs)
+    return evaluator.result(save_dir)
+
+
+def _oracle(batch, rng):
+    return np.where(batch["labels"] == IGNORE_LABEL_ID, 0, batch["labels"])
+
+
+def test_oracle_predictions_score_perfectly(arc_data, tmp_path):
+    result = _evaluate(arc_data, _oracle, str(tmp_path))
+    assert result == {"ARC/pass@1": 1.0, "ARC/pass@2": 1.0, "ARC/pass@5": 1.0}
+    submission = json.loads((tmp_path / "submission.json").read_text())
+    tasks = json.loads(open(f"{arc_data}/test_puzzles.json").read())
+    for name, task in tasks.items():
+        assert [a["attempt_1"] for a in submission[name]] == [p["output"] for p in task["test"]]
+
+
+def test_random_predictions_score_near_zero(arc_data):
+    result = _evaluate(arc_data, lambda batch, rng: rng.integers(0, 12, batch["inputs"].shape))
+    assert result["ARC/pass@5"] == 0.0
+
+
+def test_votes_rank_majority_first(arc_data):
+    """Oracle on all but one augmented copy per batch, noise elsewhere: the majority answer still wins."""
+    def mostly_oracle(batch, rng):
+        preds = _oracle(batch, rng)
+        preds[0] = rng.integers(2, 12, preds.shape[1])
+        return preds
+
+    assert _evaluate(arc_data, mostly_oracle)["ARC/pass@1"] == 1.0
