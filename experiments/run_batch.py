@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import shlex
 import sys
 import time
 from collections import deque
@@ -58,7 +59,7 @@ def run_one(p: Plan, log_dir: Path) -> dict:
     cmd = command(p)
     start = time.time()
     with open(log, "a") as f:
-        f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
         f.flush()
         rc = launch(cmd, log=f)
     wall = time.time() - start
@@ -69,6 +70,32 @@ def run_one(p: Plan, log_dir: Path) -> dict:
     why = f"exit code {rc}" if rc else "exited 0 without a completed summary.json"
     print(f"--- {p.name} failed ({why}); last lines of {log}:\n{_tail(log)}", file=sys.stderr)
     return {**record, "status": "failed", "error": why}
+
+
+def visit(head: str, name: str, overrides: list[str], args: argparse.Namespace, log_dir: Path) -> dict | None:
+    """List, show, skip or run one experiment; its batch_summary.json record (None: nothing to record)."""
+    exp = BY_NAME[name]
+    try:
+        p = plan(name, overrides)
+    except CONFIG_ERRORS as err:
+        print(f"{head}: invalid configuration: {err}", file=sys.stderr)
+        return {"status": "invalid", "error": str(err)}
+    done = read_summary(p)
+    base = {"group": exp.group, "run_dir": str(p.run_dir)}
+    if args.list:
+        print(f"{name:24s} {exp.group:10s} {'completed' if done else 'pending':9s}  {exp.description}")
+        return None
+    if done is not None:
+        print(f"{head}: already completed, skipping ({p.summary_file})")
+        return {**base, "status": "skipped", "final_metrics": done.get("final_metrics", {})}
+    if args.dry_run:
+        print(f"{head}: would run {shlex.join(command(p))}  ->  {p.run_dir}")
+        return None
+    print(f"{head}: running, log {log_dir / (name + '.log')}", flush=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    record = {**base, **run_one(p, log_dir)}
+    print(f"{head}: {record['status']} in {record['wall_time_s']:.0f} s", flush=True)
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,45 +113,25 @@ def main(argv: list[str] | None = None) -> int:
 
     log_dir = Path(args.log_dir)
     summary_path = log_dir / "batch_summary.json"
+    recording = not (args.dry_run or args.list)  # listing and dry runs only report
     results: dict[str, dict] = {}
-    if summary_path.exists() and not (args.list or args.dry_run):
+    if summary_path.exists() and recording:
         results = json.loads(summary_path.read_text())
 
     failed = []
     for i, name in enumerate(names, 1):
-        exp = BY_NAME[name]
-        head = f"[{i}/{len(names)}] {name}"
-        try:
-            p = plan(name, overrides)
-        except CONFIG_ERRORS as err:
-            print(f"{head}: invalid configuration: {err}", file=sys.stderr)
-            record = {"status": "invalid", "error": str(err)}
-        else:
-            done = read_summary(p)
-            base = {"group": exp.group, "run_dir": str(p.run_dir)}
-            if args.list:
-                print(f"{name:24s} {exp.group:10s} {'completed' if done else 'pending':9s}  {exp.description}")
-                continue
-            if done is not None:
-                print(f"{head}: already completed, skipping ({p.summary_file})")
-                record = {**base, "status": "skipped", "final_metrics": done.get("final_metrics", {})}
-            elif args.dry_run:
-                print(f"{head}: would run {' '.join(command(p))}  ->  {p.run_dir}")
-                continue
-            else:
-                print(f"{head}: running, log {log_dir / (name + '.log')}", flush=True)
-                log_dir.mkdir(parents=True, exist_ok=True)
-                record = {**base, **run_one(p, log_dir)}
-                print(f"{head}: {record['status']} in {record['wall_time_s']:.0f} s", flush=True)
-        if record["status"] in ("invalid", "failed"):
-            failed.append(name)
-        if not (args.list or args.dry_run):
+        record = visit(f"[{i}/{len(names)}] {name}", name, overrides, args, log_dir)
+        if record is None:
+            continue
+        if recording:
             results[name] = record
             log_dir.mkdir(parents=True, exist_ok=True)
             summary_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        if failed and not (args.continue_on_failure or args.dry_run or args.list):
-            print(f"stopping after the failure of {name} (--continue-on-failure runs the rest)", file=sys.stderr)
-            break
+        if record["status"] in ("invalid", "failed"):
+            failed.append(name)
+            if recording and not args.continue_on_failure:
+                print(f"stopping after the failure of {name} (--continue-on-failure runs the rest)", file=sys.stderr)
+                break
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
