@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -239,3 +241,19 @@ def write_csv(path: str, questions: Sequence[str], answers: Sequence[str], ratin
         f.write("source,question,answer,rating\n")
         for q, a, r in zip(questions, answers, ratings):
             f.write(f"{source},{q},{a},{r}\n")
+
+
+def build_atomically(path: str, build: Callable[[str], object]) -> None:
+    """Run `build(staging_dir)` and rename the result to `path`, unless a complete dataset
+    (manifest written last) is already there. Several processes sharing a filesystem may race:
+    the first rename wins and the others discard their copy."""
+    if os.path.exists(os.path.join(path, "manifest.json")):
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=".staging-")
+    build(staging)
+    try:
+        os.rename(staging, path)
+    except OSError:
+        shutil.rmtree(staging)

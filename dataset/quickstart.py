@@ -8,14 +8,11 @@ puzzle is equivalent to solution grid + blank mask), not even as an augmentation
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
-import tempfile
 
 import numpy as np
 
 from dataset.build_sudoku_dataset import sudoku_arrays
-from dataset.common import BLANK_IDENTIFIER, write_identifiers, write_manifest, write_split
+from dataset.common import BLANK_IDENTIFIER, build_atomically, write_identifiers, write_manifest, write_split
 from dataset.sudoku import apply_symmetries, invalid_rows, random_symmetries
 
 NUM_TRAIN_BASE, NUM_AUG, NUM_TEST = 1000, 3, 256
@@ -73,13 +70,4 @@ def _build(out_dir: str, seed: int) -> None:
 
 def ensure_quickstart_dataset(path: str, seed: int = 0) -> None:
     """Build the dataset at `path` unless a complete one (manifest written last) is there."""
-    if os.path.exists(os.path.join(path, "manifest.json")):
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent)
-    _build(staging, seed)
-    try:
-        os.rename(staging, path)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging)
+    build_atomically(path, lambda staging: _build(staging, seed))

@@ -59,12 +59,22 @@ def reset_carry(carry: Carry, batch: dict[str, jax.Array], buffers: dict[str, ja
     )
 
 
-def act_step(model: TRMInner, variables, carry: Carry, puzzle_rows, *, train: bool, rng: jax.Array | None,
-             exploration_prob: Any, H_cycles: int, L_cycles: int) -> tuple[Carry, dict[str, jax.Array]]:
+def exploration_min_steps(rng: jax.Array, batch_size: int, prob: Any, halt_max_steps: int) -> jax.Array:
+    """Per row: with probability `prob` a minimum halting step uniform in [2, halt_max_steps],
+    else 0 (no minimum). Drawn for the whole global batch at once so that gradient
+    accumulation sees the same draws as one big batch."""
+    k_explore, k_steps = jax.random.split(rng)
+    explore = jax.random.uniform(k_explore, (batch_size,)) < prob
+    return explore * jax.random.randint(k_steps, (batch_size,), 2, halt_max_steps + 1)
+
+
+def act_step(model: TRMInner, variables, carry: Carry, puzzle_rows, *, train: bool, min_halt_steps: jax.Array | None,
+             H_cycles: int, L_cycles: int) -> tuple[Carry, dict[str, jax.Array]]:
     """Steps 2-4 of an ACT step on an already reset carry.
 
     `puzzle_rows` [B, ndim] are the puzzle-embedding rows of the carry's current puzzles; they
     are an argument so the caller can differentiate with respect to exactly those rows.
+    `min_halt_steps` [B] comes from `exploration_min_steps` (training only).
     """
     arch = model.arch
     emb = model.apply(variables, carry.inputs, puzzle_rows, method=TRMInner.embed)
@@ -79,10 +89,7 @@ def act_step(model: TRMInner, variables, carry: Carry, puzzle_rows, *, train: bo
     if train and arch.halt_max_steps > 1:
         q_halt_sg, q_cont_sg = jax.lax.stop_gradient((q_halt, q_continue))
         halted = halted | ((q_halt_sg > 0) if arch.no_ACT_continue else (q_halt_sg > q_cont_sg))
-        k_explore, k_steps = jax.random.split(rng)
-        explore = jax.random.uniform(k_explore, q_halt.shape) < exploration_prob
-        min_halt = explore * jax.random.randint(k_steps, steps.shape, 2, arch.halt_max_steps + 1)
-        halted = halted & (steps >= min_halt)
+        halted = halted & (steps >= min_halt_steps)
         if not arch.no_ACT_continue:
             # Bootstrap target from one more inner pass on the new state (no replay buffer or
             # target network, as in the official code).

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.act import Carry, act_step, initial_carry, reset_carry
+from models.act import Carry, act_step, exploration_min_steps, initial_carry, reset_carry
 from models.losses import act_loss, log_stablemax, stablemax_cross_entropy
 from models.torch_import import _our_path, import_state_dict
 from models.trm import ModelDims, build_model, init_variables
@@ -113,7 +113,8 @@ def _make_step(model, arch: ArchConfig):
 
         def loss_fn(params, rows):
             v = {"params": params, "buffers": variables["buffers"]}
-            new_carry, out = act_step(model, v, carry, rows, train=train, rng=rng, exploration_prob=arch.halt_exploration_prob,
+            min_halt = exploration_min_steps(rng, rows.shape[0], arch.halt_exploration_prob, arch.halt_max_steps)
+            new_carry, out = act_step(model, v, carry, rows, train=train, min_halt_steps=min_halt,
                                       H_cycles=arch.H_cycles, L_cycles=arch.L_cycles)
             loss, metrics, _ = act_loss(out["logits"], out["q_halt_logits"], out["q_continue_logits"], new_carry.labels,
                                         new_carry.halted, new_carry.steps, arch.loss_type, out.get("target_q_continue"))

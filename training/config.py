@@ -134,6 +134,7 @@ class PretrainConfig(_Strict):
     data_paths: list[str]
     data_paths_test: list[str]
     evaluators: list[EvaluatorConfig]
+    data_generator: Literal["quickstart", "smoke"] | None
     # Schedule
     global_batch_size: int
     grad_accum_steps: int
@@ -156,6 +157,7 @@ class PretrainConfig(_Strict):
     ema_rate: float
     # float16 dynamic loss scaling (ignored for bfloat16/float32)
     loss_scale_init: float
+    loss_scale_growth_interval: int
     nonfinite_loss: Literal["stop", "skip"]
     curriculum: CurriculumConfig
     halt_exploration_schedule: HaltExplorationSchedule
@@ -285,6 +287,9 @@ def apply_smoke(cfg: DictConfig) -> DictConfig:
     OmegaConf.update(cfg, "max_steps", s.max_steps)
     OmegaConf.update(cfg, "lr_warmup_steps", 1)
     OmegaConf.update(cfg, "checkpoint_every_steps", None)
+    run_dir = cfg.run_dir or f"runs/{cfg.experiment_group}/{cfg.experiment_name}"
+    OmegaConf.update(cfg, "data_paths", [f"{run_dir}/smoke_data"])
+    OmegaConf.update(cfg, "data_generator", "smoke")
     OmegaConf.update(cfg, "data_paths_test", [])
     OmegaConf.update(cfg, "evaluators", [])
     OmegaConf.update(cfg, "wandb.mode", "disabled")

@@ -1,0 +1,96 @@
+"""Run outputs on process 0: resolved config, metrics.jsonl, W&B, the tqdm progress bar."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from training.config import PretrainConfig
+from training.run_paths import RunPaths
+
+# Summed by the steps; divided on the host like the official loop does.
+SUM_KEYS = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss", "q_continue_loss")
+
+
+def reduce_train(m: dict[str, Any], global_batch_size: int) -> dict[str, Any]:
+    """Official: losses / global batch size, the rest / max(count, 1) (halted, labelled rows)."""
+    count = max(float(m["count"]), 1.0)
+    out = {f"train/{k}": float(m[k]) / (global_batch_size if k.endswith("loss") else count) for k in SUM_KEYS if k in m}
+    out["train/count"] = float(m["count"])
+    out["train/halt_step_hist"] = np.asarray(m["halt_step_hist"]).tolist()
+    for k in ("lr", "loss_scale"):
+        out[f"train/{k}"] = float(m[k])
+    out["train/skipped"] = int(m["skipped"])
+    return out
+
+
+def reduce_eval(sums: dict[str, Any], set_name: str) -> dict[str, Any]:
+    """Official evaluation divides every metric, losses included, by the count."""
+    count = max(float(sums["count"]), 1.0)
+    out = {f"eval/{set_name}/{k}": float(sums[k]) / count for k in SUM_KEYS if k in sums}
+    out[f"eval/{set_name}/count"] = float(sums["count"])
+    out[f"eval/{set_name}/halt_step_hist"] = np.asarray(sums["halt_step_hist"]).tolist()
+    return out
+
+
+class RunLogger:
+    """Writes only on the main process; every other process gets a no-op logger."""
+
+    def __init__(self, paths: RunPaths, cfg: PretrainConfig, raw_cfg, *, is_main: bool, total_steps: int, start_step: int):
+        self.is_main = is_main
+        self.paths = paths
+        self._wandb = None
+        self._bar = None
+        if not is_main:
+            return
+        os.makedirs(paths.run_dir, exist_ok=True)
+        with open(paths.config_file, "w") as f:
+            f.write(OmegaConf.to_yaml(raw_cfg, resolve=True))
+        self._metrics = open(paths.metrics_file, "a")
+        if cfg.wandb.mode != "disabled":
+            import wandb
+
+            # A deterministic id lets a resumed run continue the same W&B run.
+            run_id = hashlib.sha1(f"{cfg.experiment_group}/{cfg.experiment_name}/{paths.run_dir}".encode()).hexdigest()[:16]
+            self._wandb = wandb.init(project=paths.wandb_project, entity=cfg.wandb.entity, name=cfg.experiment_name,
+                                     group=cfg.experiment_group, config=cfg.model_dump(), mode=cfg.wandb.mode,
+                                     dir=paths.run_dir, id=run_id, resume="allow")
+        self._bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, mininterval=1.0)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._metrics.flush()
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in metrics.items() if not isinstance(v, list)}, step=step)
+
+    def progress(self, step: int, postfix: dict[str, Any]) -> None:
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.set_postfix(postfix, refresh=True)
+
+    def message(self, text: str) -> None:
+        if self.is_main:
+            (self._bar.write if self._bar is not None else print)(text)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if self.is_main:
+            tmp = self.paths.summary_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(summary, f, indent=2)
+            os.replace(tmp, self.paths.summary_file)
+
+    def close(self) -> None:
+        if not self.is_main:
+            return
+        self._bar.close()
+        self._metrics.close()
+        if self._wandb is not None:
+            self._wandb.finish()

@@ -1,0 +1,54 @@
+"""The explicit training state: everything a step reads and writes, and a checkpoint holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from models.trm import TRMInner, init_variables
+from training.config import PretrainConfig
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array            # optimizer steps taken (int32)
+    params: Any                # float32, optimised by `tx`
+    buffers: Any               # H_init / L_init, never trained
+    opt_state: Any
+    puzzle_emb: jax.Array      # [num_puzzle_identifiers, puzzle_emb_ndim], sign-SGD
+    ema_params: Any            # EMA of params ({} when EMA is off)
+    rng: jax.Array             # raw uint32 key: checkpoints store it as plain data
+    loss_scale: jax.Array      # float16 dynamic loss scale (1.0 otherwise)
+    good_steps: jax.Array      # finite steps since the loss scale last changed
+
+    def eval_variables(self, use_ema: bool) -> dict[str, Any]:
+        """Weights used for evaluation and exported checkpoints: EMA when enabled (the
+        official EMA covers parameters only; buffers and the puzzle table are current)."""
+        return {"params": self.ema_params if use_ema else self.params, "buffers": self.buffers}
+
+
+def create_train_state(cfg: PretrainConfig, model: TRMInner, tx: optax.GradientTransformation, num_puzzle_ids: int) -> TrainState:
+    init_key, state_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    variables = init_variables(model, init_key)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros([], jnp.int32),
+        params=params,
+        buffers=variables["buffers"],
+        opt_state=tx.init(params),
+        # The official table is zero-initialised.
+        puzzle_emb=jnp.zeros((num_puzzle_ids, cfg.arch.puzzle_emb_ndim), jnp.float32),
+        ema_params=jax.tree.map(jnp.copy, params) if cfg.ema else {},
+        rng=state_key,
+        loss_scale=jnp.asarray(cfg.loss_scale_init if cfg.arch.forward_dtype == "float16" else 1.0, jnp.float32),
+        good_steps=jnp.zeros([], jnp.int32),
+    )
+
+
+def tree_bytes(tree) -> int:
+    return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))

@@ -1,0 +1,158 @@
+"""The jitted training and evaluation steps.
+
+`train_step(state, carry, batch, exploration_prob) -> (state, carry, metrics)`: one ACT step
+on every row of the global batch with deep supervision, the optimizer update of the weights,
+the sign-SGD update of the puzzle-embedding rows present in the batch, EMA, and (float16) the
+dynamic loss scale. Metrics are device scalars (sums); the host divides them.
+
+`eval_step(variables, puzzle_emb, batch) -> (metrics, outputs)`: every row through all
+`halt_max_steps` ACT steps inside one program.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from models.act import Carry, act_step, exploration_min_steps, initial_carry, reset_carry
+from models.losses import IGNORE_LABEL_ID, act_loss
+from models.trm import TRMInner
+from training.config import PretrainConfig
+from training.optimizers import make_schedule, sign_sgd_sparse_update
+from training.sharding import Shardings
+from training.state import TrainState
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _halt_histogram(steps_B, counted_B, n: int) -> jax.Array:
+    """How many counted rows halted at step 1..n."""
+    return jnp.bincount(jnp.where(counted_B, steps_B, 0), length=n + 1)[1:]
+
+
+def _loss_and_grads(model: TRMInner, cfg: PretrainConfig, H_cycles: int, L_cycles: int):
+    arch = cfg.arch
+
+    def loss_fn(params, rows, buffers, carry, min_halt, scale):
+        variables = {"params": params, "buffers": buffers}
+        new_carry, out = act_step(model, variables, carry, rows, train=True, min_halt_steps=min_halt,
+                                  H_cycles=H_cycles, L_cycles=L_cycles)
+        loss, metrics, _ = act_loss(out["logits"], out["q_halt_logits"], out["q_continue_logits"], new_carry.labels,
+                                    new_carry.halted, new_carry.steps, arch.loss_type, out.get("target_q_continue"))
+        # The official loop backpropagates loss / global_batch_size.
+        return loss * (scale / cfg.global_batch_size), (new_carry, metrics)
+
+    grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+
+    def run(params, rows, buffers, carry, min_halt, scale):
+        (_, (new_carry, metrics)), (g, g_rows) = grad_fn(params, rows, buffers, carry, min_halt, scale)
+        return g, g_rows, new_carry, metrics
+
+    return run
+
+
+def _accumulate(run, params, rows, buffers, carry, min_halt, scale, accum: int, sh: Shardings):
+    """Gradient accumulation over `accum` micro-batches. Micro-batch a takes rows a, a+accum,
+    ... so that every device keeps an equal share of every micro-batch."""
+    if accum == 1:
+        return run(params, rows, buffers, carry, min_halt, scale)
+    B = rows.shape[0]
+
+    def split(x):
+        x = x.reshape(B // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, sh.micro_rows)
+
+    def merge(x):
+        return jax.lax.with_sharding_constraint(x.swapaxes(0, 1).reshape(B, *x.shape[2:]), sh.rows)
+
+    def body(g_sum, xs):
+        g, g_rows, new_carry, metrics = run(params, *xs[:1], buffers, *xs[1:], scale)
+        return jax.tree.map(jnp.add, g_sum, g), (g_rows, new_carry, metrics)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    g, (g_rows, new_carry, metrics) = jax.lax.scan(body, zeros, jax.tree.map(split, (rows, carry, min_halt)))
+    return g, merge(g_rows), jax.tree.map(merge, new_carry), jax.tree.map(lambda m: m.sum(0), metrics)
+
+
+def make_train_step(cfg: PretrainConfig, model: TRMInner, tx: optax.GradientTransformation, total_steps: int,
+                    sh: Shardings, H_cycles: int, L_cycles: int, state_sharding, carry_sharding) -> Callable:
+    arch = cfg.arch
+    lr_fn = make_schedule(cfg.lr, cfg, total_steps)
+    puzzle_lr_fn = make_schedule(cfg.puzzle_emb_lr, cfg, total_steps)
+    run = _loss_and_grads(model, cfg, H_cycles, L_cycles)
+    dynamic_scale = arch.forward_dtype == "float16"
+
+    def train_step(state: TrainState, carry: Carry, batch: dict[str, jax.Array], exploration_prob):
+        rng, explore_rng = jax.random.split(state.rng)
+        carry = reset_carry(carry, batch, state.buffers)
+        ids = carry.puzzle_identifiers
+        rows = jnp.take(state.puzzle_emb, ids, axis=0)
+        min_halt = exploration_min_steps(explore_rng, ids.shape[0], exploration_prob, arch.halt_max_steps)
+        g, g_rows, new_carry, metrics = _accumulate(run, state.params, rows, state.buffers, carry, min_halt,
+                                                    state.loss_scale, cfg.grad_accum_steps, sh)
+        g, g_rows = jax.tree.map(lambda x: x / state.loss_scale, (g, g_rows))
+
+        loss_finite = jnp.isfinite(metrics["lm_loss"]) & jnp.isfinite(metrics["q_halt_loss"])
+        ok = loss_finite & _all_finite((g, g_rows))
+        updates, opt_state = tx.update(g, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        puzzle_emb = sign_sgd_sparse_update(state.puzzle_emb, ids, g_rows, puzzle_lr_fn(state.step), cfg.puzzle_emb_weight_decay)
+        ema = jax.tree.map(lambda e, p: cfg.ema_rate * e + (1 - cfg.ema_rate) * p, state.ema_params, params) if cfg.ema else {}
+
+        def keep_if_ok(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+        params, opt_state, puzzle_emb, ema = keep_if_ok((params, opt_state, puzzle_emb, ema),
+                                                        (state.params, state.opt_state, state.puzzle_emb, state.ema_params))
+        # A skipped step must not leave non-finite latents behind: those rows restart.
+        new_carry = new_carry.replace(halted=new_carry.halted | ~ok)
+
+        loss_scale, good_steps = state.loss_scale, state.good_steps + 1
+        if dynamic_scale:
+            grow = ok & (good_steps >= cfg.loss_scale_growth_interval)
+            loss_scale = jnp.where(ok, jnp.where(grow, loss_scale * 2, loss_scale), jnp.maximum(loss_scale / 2, 1.0))
+            good_steps = jnp.where(ok & ~grow, good_steps, 0)
+
+        metrics = dict(metrics, lr=lr_fn(state.step), loss_finite=loss_finite, skipped=~ok, loss_scale=loss_scale,
+                       halt_step_hist=_halt_histogram(new_carry.steps, new_carry.halted, arch.halt_max_steps))
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, puzzle_emb=puzzle_emb,
+                                  ema_params=ema, rng=rng, loss_scale=loss_scale, good_steps=good_steps)
+        return new_state, new_carry, metrics
+
+    return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(state_sharding, carry_sharding, sh.replicated))
+
+
+def make_eval_step(cfg: PretrainConfig, model: TRMInner, sh: Shardings, H_cycles: int, L_cycles: int) -> Callable:
+    arch = cfg.arch
+    n = arch.halt_max_steps
+
+    def one_step(variables, puzzle_emb, carry, batch):
+        carry = reset_carry(carry, batch, variables["buffers"])
+        rows = jnp.take(puzzle_emb, carry.puzzle_identifiers, axis=0)
+        return act_step(model, variables, carry, rows, train=False, min_halt_steps=None, H_cycles=H_cycles, L_cycles=L_cycles)
+
+    def eval_step(variables: dict[str, Any], puzzle_emb: jax.Array, batch: dict[str, jax.Array]):
+        carry = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sh.rows), initial_carry(model, batch["inputs"].shape[0]))
+
+        def body(i, c):
+            carry, first_halt = c
+            carry, out = one_step(variables, puzzle_emb, carry, batch)
+            # The step at which the Q head would have halted this row during training.
+            first_halt = jnp.where((first_halt == 0) & (out["q_halt_logits"] > 0), i + 1, first_halt)
+            return carry, first_halt
+
+        carry, first_halt = jax.lax.fori_loop(0, n - 1, body, (carry, jnp.zeros_like(carry.steps)))
+        carry, out = one_step(variables, puzzle_emb, carry, batch)
+        first_halt = jnp.where(first_halt == 0, n, first_halt)
+        _, metrics, preds = act_loss(out["logits"], out["q_halt_logits"], out["q_continue_logits"], carry.labels,
+                                     carry.halted, carry.steps, arch.loss_type)
+        labelled = jnp.any(carry.labels != IGNORE_LABEL_ID, axis=-1)
+        metrics["halt_step_hist"] = _halt_histogram(first_halt, labelled, n)
+        return metrics, {"preds": preds, "q_halt_logits": out["q_halt_logits"]}
+
+    return jax.jit(eval_step, out_shardings=(sh.replicated, sh.rows))
