@@ -31,7 +31,7 @@ from training import distributed
 from training.checkpointing import Checkpointer, load_weights
 from training.config import ConfigError, PretrainConfig, apply_smoke, validate
 from training.data import open_datasets
-from training.metrics_log import RunLogger, reduce_eval, reduce_train
+from training.metrics_log import RunLogger, accumulate_train, reduce_eval, reduce_train
 from training.optimizers import build_optimizer
 from training.run_paths import resolve_paths
 from training.schedules import halt_exploration_prob, recursion_depth
@@ -109,6 +109,8 @@ class Trainer:
 def setup_logging() -> None:
     level = logging.INFO if jax.process_index() == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True)
+    # Orbax logs every save step at INFO through absl; keep its warnings only.
+    logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 @hydra.main(config_path="configs", config_name="quickstart", version_base=None)
@@ -175,21 +177,28 @@ def main(raw: DictConfig) -> None:
     def save(at_step: int) -> None:
         ckpt.save(at_step, state, carry, {"sampler": sampler.get_state(), "epochs_done": sampler.epochs_done})
 
+    window: dict[str, Any] = {}
+
     def drain(item) -> None:
-        """Host side of a finished step, one step late so the device never waits for the host."""
-        nonlocal t_log, step_log
+        """Host side of a finished step, one step late so the device never waits for the host.
+        Metric sums accumulate over the logging window and are divided when logged."""
+        nonlocal t_log, step_log, window
         done_step, metrics, extra = item
         metrics = jax.device_get(metrics)
         if not metrics["loss_finite"] and cfg.nonfinite_loss == "stop":
+            # Let an asynchronous save still in flight commit: exiting under it leaves a torn
+            # temporary directory and a traceback from Orbax's writer threads.
+            ckpt.wait()
             raise NonFiniteLossError(
                 f"non-finite loss at step {done_step}: the update was not applied and the last good checkpoint "
                 f"in {paths.checkpoint_dir} is intact. Lower lr, use a wider dtype, or set nonfinite_loss=skip."
             )
+        window = accumulate_train(window, metrics)
         if done_step % cfg.log_every_steps == 0 or done_step == end_step:
             now = time.time()
-            row = dict(reduce_train(metrics, cfg.global_batch_size), **extra)
+            row = dict(reduce_train(window, cfg.global_batch_size), **extra)
             row["train/examples_per_sec"] = (done_step - step_log) * cfg.global_batch_size / max(now - t_log, 1e-9)
-            t_log, step_log = now, done_step
+            t_log, step_log, window = now, done_step, {}
             logger.log(done_step, row)
             logger.progress(done_step, {"loss": f"{row['train/lm_loss']:.4f}", "acc": f"{row['train/accuracy']:.3f}",
                                         "ex/s": f"{row['train/examples_per_sec']:.0f}"})
@@ -205,7 +214,8 @@ def main(raw: DictConfig) -> None:
             drain(pending)
         pending = (step, metrics, {"epoch": sampler.epochs_done, "train/H_cycles": H, "train/L_cycles": L,
                                    "train/halt_exploration_prob": explore})
-        eval_due = step % steps_per_eval == 0 and step // steps_per_eval > cfg.min_eval_interval - 1 and step < end_step
+        # The final evaluation comes after the loop; skip a periodic one that would nearly repeat it.
+        eval_due = step % steps_per_eval == 0 and step // steps_per_eval >= cfg.min_eval_interval and end_step - step >= steps_per_eval
         if eval_due and test_ds is not None:
             drain(pending)
             pending = None

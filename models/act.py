@@ -30,9 +30,9 @@ class Carry:
 def initial_carry(model: TRMInner, batch_size: int) -> Carry:
     """Every row halted, so the first step loads the batch."""
     S, L, D = model.total_len, model.dims.seq_len, model.arch.hidden_size
-    z = jnp.zeros((batch_size, S, D), model.dtype)
+    # Two distinct buffers: the train step donates the carry.
     return Carry(
-        z_H=z, z_L=z,
+        z_H=jnp.zeros((batch_size, S, D), model.dtype), z_L=jnp.zeros((batch_size, S, D), model.dtype),
         steps=jnp.zeros((batch_size,), jnp.int32),
         halted=jnp.ones((batch_size,), bool),
         inputs=jnp.zeros((batch_size, L), jnp.int32),

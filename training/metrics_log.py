@@ -18,10 +18,19 @@ from training.run_paths import RunPaths
 SUM_KEYS = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss", "q_continue_loss")
 
 
+def accumulate_train(window: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
+    """Add one step's metric sums to the logging window; rates (lr, loss scale) keep the latest."""
+    out = {k: (window[k] + m[k] if k in window else m[k]) for k in (*SUM_KEYS, "count", "halt_step_hist", "skipped") if k in m}
+    out.update(lr=m["lr"], loss_scale=m["loss_scale"], num_steps=window.get("num_steps", 0) + 1)
+    return out
+
+
 def reduce_train(m: dict[str, Any], global_batch_size: int) -> dict[str, Any]:
-    """Official: losses / global batch size, the rest / max(count, 1) (halted, labelled rows)."""
+    """Official: losses / global batch size, the rest / max(count, 1) (halted, labelled rows);
+    averaged over the steps of the logging window."""
     count = max(float(m["count"]), 1.0)
-    out = {f"train/{k}": float(m[k]) / (global_batch_size if k.endswith("loss") else count) for k in SUM_KEYS if k in m}
+    rows = global_batch_size * m["num_steps"]
+    out = {f"train/{k}": float(m[k]) / (rows if k.endswith("loss") else count) for k in SUM_KEYS if k in m}
     out["train/count"] = float(m["count"])
     out["train/halt_step_hist"] = np.asarray(m["halt_step_hist"]).tolist()
     for k in ("lr", "loss_scale"):

@@ -28,8 +28,8 @@ class Shardings:
         return self.mesh.shape[DATA]
 
 
-def make_shardings(model_axis: int = 1) -> Shardings:
-    devices = np.asarray(jax.devices())
+def make_shardings(model_axis: int = 1, devices=None) -> Shardings:
+    devices = np.asarray(jax.devices() if devices is None else devices)
     if devices.size % model_axis:
         raise ValueError(f"{devices.size} devices cannot form a mesh with model axis {model_axis}")
     mesh = Mesh(devices.reshape(-1, model_axis), (DATA, MODEL))

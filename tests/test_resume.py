@@ -1,0 +1,112 @@
+"""Scale and survive: a run that is killed, preempted or moved to gs:// and restarted with the
+same command ends exactly where an uninterrupted run ends (CPU, float32: bitwise)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.pretrain_runs import (assert_ok, assert_trees_equal, checkpoint_steps, compile_cache, data,  # noqa: F401
+                                 kill_tree, launched, launcher_cmd, losses, pretrain_cmd, reference, restore, run,
+                                 run_env, start, train_args, wait_for_step)
+
+
+def assert_same_run(run_dir, ckpt_dir, want_dir, want_ckpt_dir) -> None:
+    """Final train state, ACT carry and per-step losses equal. A restarted run re-logs the steps
+    after its checkpoint; `losses` keeps the last line of each step."""
+    state, carry, step = restore(str(ckpt_dir))
+    want_state, want_carry, want_step = restore(str(want_ckpt_dir))
+    assert step == want_step
+    assert_trees_equal(state, want_state)
+    assert_trees_equal(carry, want_carry)
+    assert losses(run_dir) == losses(want_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_sigkill_then_restart_ends_bitwise_equal(tmp_path, data, compile_cache, reference):
+    run_dir, env = tmp_path / "run", run_env(compile_cache)
+    cmd = pretrain_cmd(train_args(data, run_dir, "checkpoint_every_steps=1"))
+    proc = start(cmd, env, tmp_path / "killed.txt")
+    try:
+        wait_for_step(proc, run_dir, 2, timeout=120)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (run_dir / "summary.json").exists(), "killed too late: the run had finished"
+    killed_at = checkpoint_steps(str(run_dir / "checkpoints"))[-1]
+    assert killed_at < reference["step"]
+
+    proc = run(cmd, env, tmp_path / "restarted.txt", timeout=120)
+    assert_ok(proc)
+    assert f"resumed from {run_dir / 'checkpoints'} step {killed_at}" in proc.output
+    assert_same_run(run_dir, run_dir / "checkpoints", reference["run_dir"], reference["ckpt_dir"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_processes_killed_together_then_restarted_end_bitwise_equal(tmp_path, data, compile_cache, launched):
+    want_dir = launched(2, 2)
+    run_dir, env = tmp_path / "run", run_env(compile_cache)
+    args = train_args(data, run_dir, "checkpoint_every_steps=1")
+    proc = start(launcher_cmd(2, 2, args, tmp_path / "logs_killed", timeout=200), env, tmp_path / "killed.txt")
+    try:
+        wait_for_step(proc, run_dir, 2, timeout=150)
+    finally:
+        kill_tree(proc.pid)  # the launcher and both workers at once, like a lost machine
+        proc.wait()
+    assert not (run_dir / "summary.json").exists(), "killed too late: the run had finished"
+
+    assert_ok(run(launcher_cmd(2, 2, args, tmp_path / "logs", timeout=200), env, tmp_path / "restarted.txt", timeout=220))
+    assert "resumed from" in (tmp_path / "logs" / "process_0.log").read_text()
+    assert_same_run(run_dir, run_dir / "checkpoints", want_dir, want_dir / "checkpoints")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_sigterm_saves_the_step_reached_and_exits_143(tmp_path, data, compile_cache, reference):
+    run_dir, env = tmp_path / "run", run_env(compile_cache)
+    cmd = pretrain_cmd(train_args(data, run_dir))  # no periodic checkpoints: only the SIGTERM save
+    proc = start(cmd, env, tmp_path / "terminated.txt")
+    try:
+        wait_for_step(proc, run_dir, 2, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143, (tmp_path / "terminated.txt").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    reached = max(losses(run_dir))  # the loop logs every finished step before it saves and exits
+    assert checkpoint_steps(str(run_dir / "checkpoints")) == [reached]
+    assert reached < reference["step"]
+    assert not (run_dir / "summary.json").exists()
+
+    proc = run(cmd, env, tmp_path / "restarted.txt", timeout=120)
+    assert_ok(proc)
+    assert f"step {reached}" in proc.output
+    assert_same_run(run_dir, run_dir / "checkpoints", reference["run_dir"], reference["ckpt_dir"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_checkpoints_on_gcs_resume(tmp_path, data, compile_cache, reference, gcs_emulator):
+    import gcsfs
+
+    root = f"{gcs_emulator['bucket']}/{tmp_path.name}"
+    run_dir, env = tmp_path / "run", run_env(compile_cache)
+    half = reference["step"] // 2
+    first = run(pretrain_cmd(train_args(data, run_dir, f"checkpoint_root=gs://{root}", f"max_steps={half}")), env,
+                tmp_path / "first.txt", timeout=120)
+    assert_ok(first)
+    ckpt_dir = f"gs://{root}/quickstart/sudoku4"  # <checkpoint_root>/<experiment_group>/<experiment_name>
+    assert checkpoint_steps(ckpt_dir) == [half]
+    objects = gcsfs.GCSFileSystem().find(f"{root}/quickstart/sudoku4/{half}")
+    assert any("/state/" in o for o in objects) and any("/meta/" in o for o in objects), objects
+    assert not (run_dir / "checkpoints").exists()
+
+    second = run(pretrain_cmd(train_args(data, run_dir, f"checkpoint_root=gs://{root}")), env,
+                 tmp_path / "second.txt", timeout=120)
+    assert_ok(second)
+    assert f"resumed from {ckpt_dir} step {half}" in second.output
+    assert_same_run(run_dir, ckpt_dir, reference["run_dir"], reference["ckpt_dir"])

@@ -1,0 +1,105 @@
+"""The jitted train step: data parallelism over 8 fake CPU devices matches 1 device, and a
+non-finite update is skipped without touching the state."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models.act import initial_carry
+from models.trm import ModelDims, build_model
+from training.config import compose, validate
+from training.optimizers import build_optimizer
+from training.sharding import global_batch, make_shardings
+from training.state import create_train_state
+from training.step import make_eval_step, make_train_step
+
+OVERRIDES = ["arch.hidden_size=32", "arch.num_heads=2", "arch.puzzle_emb_len=1", "global_batch_size=16",
+             "arch.halt_exploration_prob=0.5"]
+
+
+def _setup(devices, overrides=()):
+    cfg = validate(compose("quickstart", OVERRIDES + list(overrides)))
+    model = build_model(cfg.arch, ModelDims(vocab_size=6, seq_len=16, num_puzzle_identifiers=3))
+    sh = make_shardings(devices=devices)
+    tx = build_optimizer(cfg, total_steps=100)
+    state = jax.device_put(create_train_state(cfg, model, tx, 3), sh.replicated)
+    carry = jax.device_put(initial_carry(model, cfg.global_batch_size), sh.rows)
+    step = make_train_step(cfg, model, tx, 100, sh, cfg.arch.H_cycles, cfg.arch.L_cycles,
+                           jax.tree.map(lambda x: x.sharding, state), jax.tree.map(lambda x: x.sharding, carry))
+    return cfg, model, sh, state, carry, step
+
+
+def _batches(n, B=16):
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        yield {"inputs": rng.integers(1, 6, (B, 16)).astype(np.int32),
+               "labels": np.where(rng.random((B, 16)) < 0.2, -100, rng.integers(1, 6, (B, 16))).astype(np.int32),
+               "puzzle_identifiers": rng.integers(0, 3, (B,)).astype(np.int32)}
+
+
+def run_steps(devices, overrides=(), n=3):
+    cfg, model, sh, state, carry, step = _setup(devices, overrides)
+    losses = []
+    for b in _batches(n):
+        state, carry, m = step(state, carry, global_batch(b, sh), np.float32(cfg.arch.halt_exploration_prob))
+        losses.append(float(m["lm_loss"]))
+    return losses, jax.device_get(state)
+
+
+def compare_devices():
+    assert jax.device_count() == 8
+    one, state1 = run_steps(jax.devices()[:1])
+    eight, state8 = run_steps(jax.devices())
+    np.testing.assert_allclose(one, eight, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(state1), jax.tree.leaves(state8)):
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-5, atol=1e-6)
+    print("MATCH", one)
+
+
+@pytest.mark.timeout(300)
+def test_eight_fake_devices_match_one():
+    flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_force_host_platform_device_count=8"]))
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "MATCH" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
+
+
+@pytest.mark.timeout(300)
+def test_grad_accumulation_matches_one_big_batch():
+    plain, s1 = run_steps(None, n=2)
+    accum, s2 = run_steps(None, ["grad_accum_steps=4"], n=2)
+    np.testing.assert_allclose(plain, accum, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.timeout(300)
+def test_nonfinite_update_is_skipped():
+    cfg, model, sh, state, carry, step = _setup(None, ["nonfinite_loss=skip"])
+    before = jax.device_get(state)
+    poisoned = state.replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan) if x.ndim == 2 else x, state.params))
+    new_state, new_carry, m = step(poisoned, carry, global_batch(next(_batches(1)), sh), np.float32(0.0))
+    assert bool(m["skipped"]) and not bool(m["loss_finite"])
+    assert int(new_state.step) == 1
+    np.testing.assert_array_equal(new_state.puzzle_emb, before.puzzle_emb)
+    assert bool(jnp.all(new_carry.halted))  # non-finite latents are discarded
+
+
+@pytest.mark.timeout(300)
+def test_eval_runs_all_act_steps():
+    cfg, model, sh, state, carry, _ = _setup(None)
+    ev = make_eval_step(cfg, model, sh, cfg.arch.H_cycles, cfg.arch.L_cycles)
+    metrics, outputs = ev(state.eval_variables(False), state.puzzle_emb, global_batch(next(_batches(1)), sh))
+    # Every labelled row halts exactly at halt_max_steps in evaluation.
+    assert float(metrics["steps"]) == cfg.arch.halt_max_steps * float(metrics["count"])
+    assert int(np.asarray(metrics["halt_step_hist"]).sum()) == 16
+    assert outputs["preds"].shape == (16, 16) and outputs["q_halt_logits"].shape == (16,)
+
+
+if __name__ == "__main__":
+    compare_devices()
