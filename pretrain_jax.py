@@ -226,7 +226,8 @@ def main(raw: DictConfig) -> None:
         if preemption.should_stop(step):
             if pending is not None:
                 drain(pending)
-            save(step)
+            if step not in ckpt.steps():  # the periodic save may just have written it
+                save(step)
             ckpt.close()
             logger.message(f"preempted: saved step {step} to {paths.checkpoint_dir}; rerun the same command to resume")
             logger.close()

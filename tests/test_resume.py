@@ -66,9 +66,10 @@ def test_two_processes_killed_together_then_restarted_end_bitwise_equal(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_sigterm_saves_the_step_reached_and_exits_143(tmp_path, data, compile_cache, reference):
+@pytest.mark.parametrize("periodic", [[], ["checkpoint_every_steps=1"]], ids=["final_save_only", "also_periodic"])
+def test_sigterm_saves_the_step_reached_and_exits_143(tmp_path, data, compile_cache, reference, periodic):
     run_dir, env = tmp_path / "run", run_env(compile_cache)
-    cmd = pretrain_cmd(train_args(data, run_dir))  # no periodic checkpoints: only the SIGTERM save
+    cmd = pretrain_cmd(train_args(data, run_dir, *periodic))
     proc = start(cmd, env, tmp_path / "terminated.txt")
     try:
         wait_for_step(proc, run_dir, 2, timeout=120)
@@ -78,7 +79,9 @@ def test_sigterm_saves_the_step_reached_and_exits_143(tmp_path, data, compile_ca
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     reached = max(losses(run_dir))  # the loop logs every finished step before it saves and exits
-    assert checkpoint_steps(str(run_dir / "checkpoints")) == [reached]
+    assert checkpoint_steps(str(run_dir / "checkpoints"))[-1] == reached
+    if not periodic:
+        assert checkpoint_steps(str(run_dir / "checkpoints")) == [reached]
     assert reached < reference["step"]
     assert not (run_dir / "summary.json").exists()
 

@@ -73,22 +73,33 @@ class Checkpointer:
             )
 
     def restore_latest(self, state, carry) -> tuple[Any, Any, dict[str, Any]] | None:
-        """(state, carry, meta) of the newest readable step, or None if there is none."""
+        """(state, carry, meta) of the newest readable step, or None if there is none.
+
+        Unreadable steps newer than that are deleted: the run retrains them, and Orbax would
+        refuse to save over them (or the final save would be skipped as already present)."""
+        broken = []
+        restored = None
         for step in reversed(self.steps()):
             try:
                 meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             except Exception as e:  # corrupt metadata: fall back to an older step
                 log.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one", step, self.directory, e)
+                broken.append(step)
                 continue
             self._check_compatible(meta, step)
             try:
                 target = {"state": _abstract(state), "carry": _abstract(carry)}
-                restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+                item = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
             except Exception as e:
                 log.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one", step, self.directory, e)
+                broken.append(step)
                 continue
-            return restored["state"], restored["carry"], meta
-        return None
+            restored = item["state"], item["carry"], meta
+            break
+        for step in broken:
+            log.warning("deleting unreadable checkpoint step %d in %s", step, self.directory)
+            self.manager.delete(step)
+        return restored
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

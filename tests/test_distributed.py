@@ -1,0 +1,88 @@
+"""Processes of one job that disagree, or lose a peer, fail fast and clearly instead of hanging
+or silently training different models."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from tests.pretrain_runs import (compile_cache, data, pretrain_cmd, run, run_env, start, tail,  # noqa: F401
+                                 train_args, wait_for_step)
+
+HEARTBEAT_S = 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_job(tmp_path, compile_cache, args_per_process: list[list[str]]) -> list[subprocess.Popen]:
+    """One process per argument list, joined through the TRM_* variables (what launch_local
+    does, except that each process may get different arguments)."""
+    coordinator = f"127.0.0.1:{free_port()}"
+    procs = []
+    for i, args in enumerate(args_per_process):
+        env = run_env(compile_cache, TRM_COORDINATOR_ADDRESS=coordinator, TRM_NUM_PROCESSES=str(len(args_per_process)),
+                      TRM_PROCESS_ID=str(i))
+        procs.append(start(pretrain_cmd(args), env, tmp_path / f"process_{i}.txt"))
+    return procs
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_processes_with_different_configs_both_fail_naming_the_keys(tmp_path, data, compile_cache):
+    args = train_args(data, tmp_path / "run")
+    procs = start_job(tmp_path, compile_cache, [args, [*args, "lr=2e-3", "seed=1"]])
+    try:
+        codes = [p.wait(timeout=100) for p in procs]
+    finally:
+        stop(procs)
+    for i, code in enumerate(codes):
+        out = (tmp_path / f"process_{i}.txt").read_text()
+        assert code != 0, f"process {i} exited 0:\n{tail(out)}"
+        assert "processes disagree on the config" in out and "['config.lr', 'config.seed']" in out, tail(out)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("killed", [1, 0], ids=["peer", "coordinator"])
+def test_survivor_of_a_killed_peer_exits_non_zero_in_bounded_time(tmp_path, data, compile_cache, killed):
+    run_dir = tmp_path / "run"
+    # Long enough that the job is still training when a process dies.
+    args = train_args(data, run_dir, "max_steps=100000", f"distributed.heartbeat_timeout_seconds={HEARTBEAT_S}")
+    procs = start_job(tmp_path, compile_cache, [args, args])
+    try:
+        wait_for_step(procs[0], run_dir, 2, timeout=120)
+        os.killpg(procs[killed].pid, signal.SIGKILL)
+        survivor = procs[1 - killed]
+        try:
+            code = survivor.wait(timeout=HEARTBEAT_S * 4)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the survivor still runs {HEARTBEAT_S * 4}s after its peer died")
+    finally:
+        stop(procs)
+    assert code != 0, tail((tmp_path / f"process_{1 - killed}.txt").read_text())
+    assert not (run_dir / "summary.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_global_batch_not_divisible_by_device_count_is_refused(tmp_path, data, compile_cache):
+    env = run_env(compile_cache, XLA_FLAGS="--xla_force_host_platform_device_count=3")
+    proc = run(pretrain_cmd(train_args(data, tmp_path / "run", "global_batch_size=16")), env, tmp_path / "log.txt", timeout=50)
+    assert proc.returncode != 0
+    assert "cannot be split over 3 devices" in proc.output and "multiple of 3" in proc.output, tail(proc.output)
