@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 
@@ -21,6 +20,7 @@ from dataset.common import (
     DatasetError,
     chars_to_codes,
     read_puzzle_csv,
+    run_cli,
     write_csv,
     write_identifiers,
     write_manifest,
@@ -116,14 +116,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = vars(_parse(sys.argv[1:] if argv is None else argv))
-    command = args.pop("command")
-    start = time.perf_counter()
-    try:
-        (generate if command == "generate" else build)(**args)
-    except DatasetError as e:
-        sys.exit(f"error: {e}")
-    print(f"{command} finished in {time.perf_counter() - start:.2f} s -> {args['output_dir']}")
+    run_cli(_parse(sys.argv[1:] if argv is None else argv), {"build": build, "generate": generate})
 
 
 if __name__ == "__main__":

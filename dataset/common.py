@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -257,3 +259,16 @@ def build_atomically(path: str, build: Callable[[str], object]) -> None:
         os.rename(staging, path)
     except OSError:
         shutil.rmtree(staging)
+
+
+def run_cli(args, commands: Mapping[str, Callable[..., object]]) -> None:
+    """Run a builder CLI's sub-command (`args.command`) and time it; a DatasetError becomes a
+    one-line error and exit status 1."""
+    kwargs = dict(vars(args))
+    command = kwargs.pop("command")
+    start = time.perf_counter()
+    try:
+        commands[command](**kwargs)
+    except DatasetError as e:
+        sys.exit(f"error: {e}")
+    print(f"{command} finished in {time.perf_counter() - start:.2f} s -> {kwargs['output_dir']}")
