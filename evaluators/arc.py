@@ -62,6 +62,7 @@ class ArcEvaluator:
             task_scores, submission[task] = self._score_task(spec, votes, grids)
             scores += task_scores
         if save_dir is not None:
+            os.makedirs(save_dir, exist_ok=True)
             with open(os.path.join(save_dir, "submission.json"), "w") as f:
                 json.dump(submission, f)
         return {f"ARC/pass@{k}": float(s) / max(len(self.test_tasks), 1) for k, s in zip(self.pass_Ks, scores)}

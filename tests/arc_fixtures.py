@@ -1,8 +1,9 @@
 """Tiny ARC inputs in the Kaggle combined layout, cut from the shared ARC files."""
 
 import json
+from pathlib import Path
 
-SHARED_PREFIX = "/work/shared/data/arc/arc-agi"
+SHARED_PREFIX = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "arc" / "arc-agi")
 
 
 def write_tiny_arc(dest_prefix, tasks_per_subset=(("training", 3), ("evaluation", 2))):
