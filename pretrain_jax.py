@@ -219,6 +219,9 @@ def main(raw: DictConfig) -> None:
         if eval_due and test_ds is not None:
             drain(pending)
             pending = None
+            # Let an in-flight async save finish first, so that no process runs evaluation
+            # collectives while another is still committing a checkpoint.
+            ckpt.wait()
             last_eval = trainer.evaluate(state, H, L, os.path.join(paths.run_dir, f"eval_step_{step}"))
             logger.log(step, {"epoch": sampler.epochs_done, **last_eval})
         if (eval_due and cfg.checkpoint_every_eval) or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
@@ -237,6 +240,7 @@ def main(raw: DictConfig) -> None:
 
     # Final evaluation and checkpoint; summary.json last, once the checkpoint is durable
     if test_ds is not None:
+        ckpt.wait()
         last_eval = trainer.evaluate(state, H, L, os.path.join(paths.run_dir, f"eval_step_{step}"))
         logger.log(step, {"epoch": sampler.epochs_done, **last_eval})
         logger.message("final evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items() if isinstance(v, float)))

@@ -9,8 +9,8 @@ import signal
 import pytest
 
 from tests.pretrain_runs import (assert_ok, assert_trees_equal, checkpoint_steps, compile_cache, data,  # noqa: F401
-                                 kill_tree, launched, launcher_cmd, losses, pretrain_cmd, reference, restore, run,
-                                 run_env, start, train_args, wait_for_step)
+                                 kill_tree, launched, launcher_cmd, losses, pretrain_cmd, reference,
+                                 restore, run, run_env, start, train_args, wait_for_step)
 
 
 def assert_same_run(run_dir, ckpt_dir, want_dir, want_ckpt_dir) -> None:
@@ -104,7 +104,9 @@ def test_checkpoints_on_gcs_resume(tmp_path, data, compile_cache, reference, gcs
     assert_ok(first)
     ckpt_dir = f"gs://{root}/quickstart/sudoku4"  # <checkpoint_root>/<experiment_group>/<experiment_name>
     assert checkpoint_steps(ckpt_dir) == [half]
-    objects = gcsfs.GCSFileSystem().find(f"{root}/quickstart/sudoku4/{half}")
+    # A fresh gcsfs instance: fsspec's shared instances cache directory listings.
+    bucket = gcsfs.GCSFileSystem(skip_instance_cache=True)
+    objects = bucket.find(f"{root}/quickstart/sudoku4/{half}")
     assert any("/state/" in o for o in objects) and any("/meta/" in o for o in objects), objects
     assert not (run_dir / "checkpoints").exists()
 
@@ -112,4 +114,7 @@ def test_checkpoints_on_gcs_resume(tmp_path, data, compile_cache, reference, gcs
                  tmp_path / "second.txt", timeout=120)
     assert_ok(second)
     assert f"resumed from {ckpt_dir} step {half}" in second.output
-    assert_same_run(run_dir, ckpt_dir, reference["run_dir"], reference["ckpt_dir"])
+    # Read the final checkpoint from a copy: this process already listed (and cached) the bucket.
+    bucket = gcsfs.GCSFileSystem(skip_instance_cache=True)
+    bucket.get(f"{root}/quickstart/sudoku4", str(tmp_path / "copy"), recursive=True)
+    assert_same_run(run_dir, tmp_path / "copy", reference["run_dir"], reference["ckpt_dir"])
