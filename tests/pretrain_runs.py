@@ -25,9 +25,11 @@ LAUNCHER = REPO / "scripts" / "launch_local.py"
 
 # Small enough to compile in seconds, big enough to exercise the ACT carry across steps
 # (halt_max_steps > 1), halting exploration (the RNG in the state) and the puzzle embedding.
+# 20 steps: long enough that a signal sent after step 2 lands before the run ends, while
+# compilation, not the steps, still dominates the time.
 TINY = [
     "arch.hidden_size=32", "arch.num_heads=2", "arch.L_layers=1", "arch.H_cycles=1", "arch.L_cycles=2",
-    "arch.halt_max_steps=2", "global_batch_size=16", "max_steps=6", "log_every_steps=1", "max_to_keep=10",
+    "arch.halt_max_steps=2", "global_batch_size=16", "max_steps=20", "log_every_steps=1", "max_to_keep=30",
 ]
 
 
