@@ -55,3 +55,45 @@ def test_votes_rank_majority_first(arc_data):
         return preds
 
     assert _evaluate(arc_data, mostly_oracle)["ARC/pass@1"] == 1.0
+
+
+# Only process 1 contributes predictions (its rows of every batch); process 0, which computes
+# the result, can score anything only through the cross-process gather.
+_MULTIPROCESS_WORKER = """
+import json, os, sys
+import jax
+import numpy as np
+jax.distributed.initialize(os.environ["TRM_COORDINATOR_ADDRESS"], int(os.environ["TRM_NUM_PROCESSES"]),
+                           int(os.environ["TRM_PROCESS_ID"]), initialization_timeout=60)
+from dataset.puzzle_dataset import IGNORE_LABEL_ID, PuzzleDataset, eval_batches
+from evaluators.arc import ArcEvaluator
+data_path = sys.argv[1]
+dataset = PuzzleDataset([data_path], "test")
+evaluator = ArcEvaluator(data_path, dataset.metadata, pass_Ks=(1, 2, 5))
+evaluator.begin_eval()
+for _, batch in eval_batches(dataset, 8, process_index=jax.process_index(), process_count=jax.process_count()):
+    if jax.process_index() == 1:
+        preds = np.where(batch["labels"] == IGNORE_LABEL_ID, 0, batch["labels"])
+        evaluator.update_batch(batch, {"preds": preds, "q_halt_logits": np.zeros(len(preds))})
+result = evaluator.result(None)
+print("RESULT", jax.process_index(), json.dumps(result))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_processes_gather_every_prediction(arc_data, tmp_path, capfd):
+    import importlib.util
+    from pathlib import Path
+
+    launcher = Path(__file__).resolve().parents[1] / "scripts" / "launch_local.py"
+    spec = importlib.util.spec_from_file_location("launch_local", launcher)
+    launch_local = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch_local)
+    script = tmp_path / "worker.py"
+    script.write_text(_MULTIPROCESS_WORKER)
+    code = launch_local.launch(2, [arc_data], devices_per_process=1, timeout=150, log_dir=tmp_path / "logs", script=script)
+    out = capfd.readouterr().out
+    assert code == 0, out + (tmp_path / "logs" / "process_1.log").read_text()
+    assert 'RESULT 0 {"ARC/pass@1": 1.0, "ARC/pass@2": 1.0, "ARC/pass@5": 1.0}' in out
+    assert "RESULT 1 null" in (tmp_path / "logs" / "process_1.log").read_text()
