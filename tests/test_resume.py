@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tests.pretrain_runs import (assert_ok, assert_trees_equal, checkpoint_steps, compile_cache, data,  # noqa: F401
+from tests.pretrain_runs import (assert_ok, assert_trees_equal, checkpoint_steps, child_pids, compile_cache, data,  # noqa: F401
                                  kill_tree, launched, launcher_cmd, losses, pretrain_cmd, reference,
                                  restore, run, run_env, start, train_args, wait_for_step)
 
@@ -118,3 +118,31 @@ def test_checkpoints_on_gcs_resume(tmp_path, data, compile_cache, reference, gcs
     bucket = gcsfs.GCSFileSystem(skip_instance_cache=True)
     bucket.get(f"{root}/quickstart/sudoku4", str(tmp_path / "copy"), recursive=True)
     assert_same_run(run_dir, tmp_path / "copy", reference["run_dir"], reference["ckpt_dir"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_sigterm_to_every_process_stops_all_at_one_step_and_saves_it(tmp_path, data, compile_cache, launched):
+    """A pod preemption notice reaches every worker; JAX's preemption sync point makes all
+    processes stop after the same step, save it collectively and exit with 143."""
+    want_dir = launched(2, 2)
+    run_dir, env = tmp_path / "run", run_env(compile_cache)
+    args = train_args(data, run_dir)
+    proc = start(launcher_cmd(2, 2, args, tmp_path / "logs_term", timeout=200), env, tmp_path / "terminated.txt")
+    try:
+        wait_for_step(proc, run_dir, 2, timeout=150)
+        workers = [p for p in child_pids(proc.pid) if p != proc.pid]
+        assert len(workers) == 2
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+    logs = [(tmp_path / "logs_term" / f"process_{i}.log").read_text() for i in (0, 1)]
+    synced = [int(log.split("Reached preemption sync point, step=")[1].split()[0]) for log in logs]
+    assert synced[0] == synced[1] == checkpoint_steps(str(run_dir / "checkpoints"))[-1]
+    assert not (run_dir / "summary.json").exists()
+
+    assert_ok(run(launcher_cmd(2, 2, args, tmp_path / "logs", timeout=200), env, tmp_path / "restarted.txt", timeout=220))
+    assert_same_run(run_dir, run_dir / "checkpoints", want_dir, want_dir / "checkpoints")
