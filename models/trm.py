@@ -40,11 +40,26 @@ def puzzle_prefix_len(arch: ArchConfig) -> int:
     return arch.puzzle_emb_len or -(arch.puzzle_emb_ndim // -arch.hidden_size)
 
 
-def attention_implementation(arch: ArchConfig) -> str | None:
-    if arch.attention_impl == "auto":
-        on_gpu = jax.default_backend() == "gpu"
-        return "cudnn" if on_gpu and arch.forward_dtype != "float32" else None
-    return None if arch.attention_impl == "xla" else "cudnn"
+def _cudnn_attention_compiles(arch: ArchConfig, seq_len: int) -> bool:
+    """cuDNN's fused attention supports only some shapes and dtypes; probe this one."""
+    shape = (1, seq_len, arch.num_heads, arch.hidden_size // arch.num_heads)
+    x = jax.ShapeDtypeStruct(shape, jnp.dtype(arch.forward_dtype))
+    try:
+        jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn")).lower(x, x, x).compile()
+        return True
+    except Exception:
+        return False
+
+
+def attention_implementation(arch: ArchConfig, seq_len: int) -> str | None:
+    """`auto`: cuDNN flash attention on NVIDIA GPUs for 16-bit dtypes when it supports the
+    shape, else XLA's implementation (the only one on CPU and TPU)."""
+    if arch.mlp_t or arch.attention_impl == "xla":
+        return None
+    if arch.attention_impl == "cudnn":
+        return "cudnn"
+    on_gpu = jax.default_backend() == "gpu"
+    return "cudnn" if on_gpu and arch.forward_dtype != "float32" and _cudnn_attention_compiles(arch, seq_len) else None
 
 
 class ReasoningModule(nn.Module):
@@ -128,7 +143,7 @@ class TRMInner(nn.Module):
 
 
 def build_model(arch: ArchConfig, dims: ModelDims) -> TRMInner:
-    return TRMInner(arch, dims, attention_implementation(arch))
+    return TRMInner(arch, dims, attention_implementation(arch, dims.seq_len + puzzle_prefix_len(arch)))
 
 
 def init_variables(model: TRMInner, rng: jax.Array) -> dict[str, Any]:
