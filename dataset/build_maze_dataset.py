@@ -17,8 +17,10 @@ import numpy as np
 from dataset.common import (
     BLANK_IDENTIFIER,
     DatasetError,
+    builder_parsers,
     chars_to_codes,
     dihedral_transform,
+    parse_builder_args,
     read_puzzle_csv,
     run_cli,
     write_csv,
@@ -79,21 +81,11 @@ def generate(output_dir: str, *, num_train: int, num_test: int, min_path_length:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    if argv[:1] == ["generate"]:
-        p = argparse.ArgumentParser(prog="build_maze_dataset.py generate", description=generate.__doc__)
-        p.add_argument("--output-dir", required=True)
-        p.add_argument("--num-train", type=int, required=True)
-        p.add_argument("--num-test", type=int, required=True)
-        p.add_argument("--min-path-length", type=int, default=110, help="the 'hard' filter (Maze-Hard uses > 110)")
-        p.add_argument("--seed", type=int, default=0)
-        return p.parse_args(argv[1:], namespace=argparse.Namespace(command="generate"))
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", required=True, help="directory or gs:// prefix with train.csv and test.csv")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--subsample-size", type=int, default=None)
-    p.add_argument("--aug", action="store_true", help="add the 8 dihedral transforms of each training maze")
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv, namespace=argparse.Namespace(command="build"))
+    build, gen = builder_parsers("build_maze_dataset.py", __doc__, generate.__doc__)
+    build.add_argument("--subsample-size", type=int, default=None)
+    build.add_argument("--aug", action="store_true", help="add the 8 dihedral transforms of each training maze")
+    gen.add_argument("--min-path-length", type=int, default=110, help="the 'hard' filter (Maze-Hard uses > 110)")
+    return parse_builder_args(argv, build, gen)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ mmap reads proportionally cheaper.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -272,3 +273,22 @@ def run_cli(args, commands: Mapping[str, Callable[..., object]]) -> None:
     except DatasetError as e:
         sys.exit(f"error: {e}")
     print(f"{command} finished in {time.perf_counter() - start:.2f} s -> {kwargs['output_dir']}")
+
+
+def builder_parsers(script: str, doc: str, generate_doc: str) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The build and `generate` sub-command parsers, with the options every builder shares."""
+    build = argparse.ArgumentParser(prog=script, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    build.add_argument("--source", required=True, help="directory or gs:// prefix with train.csv and test.csv")
+    gen = argparse.ArgumentParser(prog=f"{script} generate", description=generate_doc)
+    gen.add_argument("--num-train", type=int, required=True)
+    gen.add_argument("--num-test", type=int, required=True)
+    for p in (build, gen):
+        p.add_argument("--output-dir", required=True)
+        p.add_argument("--seed", type=int, default=0)
+    return build, gen
+
+
+def parse_builder_args(argv: list[str], build: argparse.ArgumentParser, gen: argparse.ArgumentParser) -> argparse.Namespace:
+    if argv[:1] == ["generate"]:
+        return gen.parse_args(argv[1:], namespace=argparse.Namespace(command="generate"))
+    return build.parse_args(argv, namespace=argparse.Namespace(command="build"))

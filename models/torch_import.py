@@ -20,7 +20,7 @@ from flax import traverse_util
 _PREFIX = re.compile(r"^(_orig_mod\.)?(model\.)?(inner\.)?")
 
 
-def _our_path(name: str) -> tuple[str, tuple[str, ...], bool]:
+def official_name_to_path(name: str) -> tuple[str, tuple[str, ...], bool]:
     """(collection, path, transpose) for an official state_dict name."""
     name = _PREFIX.sub("", name)
     if name in ("H_init", "L_init"):
@@ -50,7 +50,7 @@ def import_state_dict(state_dict: Mapping[str, np.ndarray], variables: Mapping[s
     for name, value in state_dict.items():
         if name.endswith(("cos_cached", "sin_cached", "local_weights", "local_ids")):
             continue  # non-persistent buffers, rebuilt from the config
-        coll, path, transpose = _our_path(name)
+        coll, path, transpose = official_name_to_path(name)
         value = np.asarray(value)
         if coll == "puzzle_emb":
             table = value.astype(np.float32)

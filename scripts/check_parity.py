@@ -35,7 +35,7 @@ import numpy as np
 
 from models.act import Carry, act_step, exploration_min_steps, initial_carry, reset_carry
 from models.losses import act_loss, log_stablemax, stablemax_cross_entropy
-from models.torch_import import _our_path, import_state_dict
+from models.torch_import import official_name_to_path, import_state_dict
 from models.trm import ModelDims, build_model, init_variables
 from training.config import ArchConfig
 from training.optimizers import adam_atan2, cosine_lr, sign_sgd_sparse_update
@@ -203,7 +203,7 @@ def _compare_grads(cmp: Comparator, grads, carry):
         elif name.endswith("local_ids"):
             cmp.check(key, carry.puzzle_identifiers)
         else:
-            coll, path, transpose = _our_path(name)
+            coll, path, transpose = official_name_to_path(name)
             g = flat.get(path)
             if coll != "params" or g is None:
                 cmp.results.append(Result(f"{cmp.case}:{key}", float("inf"), "no such parameter", False))

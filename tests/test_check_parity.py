@@ -1,6 +1,5 @@
 """The parity acceptance test: the JAX model reproduces the official PyTorch fixtures."""
 
-import json
 import shutil
 import subprocess
 import sys

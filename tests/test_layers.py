@@ -31,6 +31,7 @@ def test_rope_preserves_norm_and_relative_positions():
     k = jax.random.normal(jax.random.key(2), (1, 6, 2, 8))
     rq, rk = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     np.testing.assert_allclose(jnp.linalg.norm(rq, axis=-1), jnp.linalg.norm(q, axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(jnp.linalg.norm(rk, axis=-1), jnp.linalg.norm(k, axis=-1), rtol=1e-5)
     # Same vectors at every position: the score depends only on the position difference.
     qc = jnp.broadcast_to(q[:, :1], q.shape)
     kc = jnp.broadcast_to(k[:, :1], k.shape)

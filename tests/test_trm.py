@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from models.torch_import import import_state_dict
-from models.trm import ModelDims, TRMInner, build_model, init_variables, num_parameters, puzzle_prefix_len
+from models.trm import ModelDims, build_model, init_variables, num_parameters, puzzle_prefix_len
 from training.config import compose, validate
 
 FIXTURE = "../shared/fixtures/trm_reference/mlp_t.npz"

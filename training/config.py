@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
@@ -255,7 +256,7 @@ def validate(cfg: DictConfig | dict[str, Any]) -> PretrainConfig:
         raise ConfigError(_format_errors(err)) from None
 
 
-CONFIG_DIR = str((__import__("pathlib").Path(__file__).resolve().parent.parent / "configs"))
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
 def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

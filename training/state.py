@@ -6,7 +6,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 
@@ -49,6 +48,3 @@ def create_train_state(cfg: PretrainConfig, model: TRMInner, tx: optax.GradientT
         good_steps=jnp.zeros([], jnp.int32),
     )
 
-
-def tree_bytes(tree) -> int:
-    return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
