@@ -69,7 +69,18 @@ def peak_memory_bytes() -> int | None:
 class Trainer:
     """Holds the compiled steps (one per recursion depth) and runs evaluation."""
 
-    def __init__(self, cfg: PretrainConfig, model, tx, total_steps: int, sh: Shardings, state_sharding, carry_sharding, test_ds, evaluators):
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        model,
+        tx,
+        total_steps: int,
+        sh: Shardings,
+        state_sharding,
+        carry_sharding,
+        test_ds,
+        evaluators,
+    ):
         self.cfg, self.model, self.tx, self.total_steps, self.sh = cfg, model, tx, total_steps, sh
         self.shardings = (state_sharding, carry_sharding)
         self.test_ds, self.evaluators = test_ds, evaluators
@@ -77,7 +88,9 @@ class Trainer:
 
     def train_fn(self, H: int, L: int):
         if (H, L) not in self._train:
-            self._train[(H, L)] = make_train_step(self.cfg, self.model, self.tx, self.total_steps, self.sh, H, L, *self.shardings)
+            self._train[(H, L)] = make_train_step(
+                self.cfg, self.model, self.tx, self.total_steps, self.sh, H, L, *self.shardings
+            )
         return self._train[(H, L)]
 
     def evaluate(self, state, H: int, L: int, save_dir: str) -> dict[str, Any]:
@@ -89,7 +102,9 @@ class Trainer:
             ev.begin_eval()
         sums: dict[str, Any] = {}
         batch_size = self.cfg.global_batch_size // self.cfg.grad_accum_steps
-        for set_name, local in eval_batches(self.test_ds, batch_size, process_index=jax.process_index(), process_count=jax.process_count()):
+        for set_name, local in eval_batches(
+            self.test_ds, batch_size, process_index=jax.process_index(), process_count=jax.process_count()
+        ):
             metrics, outputs = step_fn(variables, state.puzzle_emb, global_batch(local, self.sh))
             prev = sums.get(set_name)
             sums[set_name] = metrics if prev is None else jax.tree.map(lambda a, b: a + b, prev, metrics)
@@ -127,27 +142,42 @@ def main(raw: DictConfig) -> None:
     # Data
     train_ds, test_ds = open_datasets(cfg)
     meta = train_ds.metadata
-    distributed.assert_consistent("config and dataset metadata", {"config": cfg.model_dump(), "train_metadata": meta.model_dump()})
+    distributed.assert_consistent(
+        "config and dataset metadata", {"config": cfg.model_dump(), "train_metadata": meta.model_dump()}
+    )
     total_steps = cfg.total_steps(meta.total_groups, meta.mean_puzzle_examples)
     if total_steps < 1:
-        raise ConfigError(f"epochs={cfg.epochs} x {meta.total_groups} groups / global_batch_size={cfg.global_batch_size} gives no training step")
+        raise ConfigError(
+            f"epochs={cfg.epochs} x {meta.total_groups} groups / global_batch_size={cfg.global_batch_size} "
+            "gives no training step"
+        )
     end_step = min(total_steps, cfg.max_steps or total_steps)
 
     # Mesh: one `data` axis over every device of every process
     sh = make_shardings(cfg.mesh_model)
     cfg.check_devices(sh.data_size)
     if cfg.global_batch_size % jax.process_count():
-        raise ConfigError(f"global_batch_size={cfg.global_batch_size} is not divisible by the {jax.process_count()} processes")
+        raise ConfigError(
+            f"global_batch_size={cfg.global_batch_size} is not divisible by the {jax.process_count()} processes"
+        )
 
     # Model, optimizer, state, carry
     dims = ModelDims(meta.vocab_size, meta.seq_len, meta.num_puzzle_identifiers)
     model = build_model(cfg.arch, dims)
     tx = build_optimizer(cfg, total_steps)
-    state = jax.jit(lambda: create_train_state(cfg, model, tx, meta.num_puzzle_identifiers), out_shardings=sh.replicated)()
+    state = jax.jit(
+        lambda: create_train_state(cfg, model, tx, meta.num_puzzle_identifiers), out_shardings=sh.replicated
+    )()
     carry = jax.jit(lambda: initial_carry(model, cfg.global_batch_size), out_shardings=sh.rows)()
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     carry_sharding = jax.tree.map(lambda x: x.sharding, carry)
-    sampler = TrainSampler(train_ds, cfg.global_batch_size, seed=cfg.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    sampler = TrainSampler(
+        train_ds,
+        cfg.global_batch_size,
+        seed=cfg.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
 
     # Resume exactly from the newest checkpoint, else optionally start from given weights
     ckpt = Checkpointer(paths.checkpoint_dir, cfg)
@@ -160,14 +190,27 @@ def main(raw: DictConfig) -> None:
         state = load_weights(cfg.load_checkpoint, state, cfg)
     start_step = int(state.step)
 
-    evaluators = [create_evaluator(e.name, (cfg.data_paths_test or cfg.data_paths)[0], test_ds.metadata,
-                                   **e.model_dump(exclude={"name"})) for e in cfg.evaluators] if test_ds else []
+    evaluators = (
+        [
+            create_evaluator(
+                e.name, (cfg.data_paths_test or cfg.data_paths)[0], test_ds.metadata, **e.model_dump(exclude={"name"})
+            )
+            for e in cfg.evaluators
+        ]
+        if test_ds
+        else []
+    )
     trainer = Trainer(cfg, model, tx, total_steps, sh, state_sharding, carry_sharding, test_ds, evaluators)
     logger = RunLogger(paths, cfg, raw, is_main=is_main, total_steps=end_step, start_step=start_step)
-    n_params = num_parameters(cfg.arch, vocab_size=dims.vocab_size, seq_len=dims.seq_len, num_puzzle_identifiers=dims.num_puzzle_identifiers)
-    logger.message(f"TRM {n_params['model']:,} params (+{n_params['puzzle_emb']:,} puzzle emb) | {jax.device_count()} devices, "
-                   f"{jax.process_count()} processes | steps {start_step}->{end_step} of {total_steps} | run_dir {paths.run_dir} | "
-                   f"checkpoints {paths.checkpoint_dir}")
+    n_params = num_parameters(
+        cfg.arch, vocab_size=dims.vocab_size, seq_len=dims.seq_len, num_puzzle_identifiers=dims.num_puzzle_identifiers
+    )
+    logger.message(
+        f"TRM {n_params['model']:,} params (+{n_params['puzzle_emb']:,} puzzle emb) | {jax.device_count()} devices, "
+        f"{jax.process_count()} processes | steps {start_step}->{end_step} of {total_steps} | "
+        f"run_dir {paths.run_dir} | "
+        f"checkpoints {paths.checkpoint_dir}"
+    )
 
     steps_per_eval = max(1, total_steps * cfg.eval_interval // cfg.epochs)
     preemption = Preemption()
@@ -200,8 +243,14 @@ def main(raw: DictConfig) -> None:
             row["train/examples_per_sec"] = (done_step - step_log) * cfg.global_batch_size / max(now - t_log, 1e-9)
             t_log, step_log, window = now, done_step, {}
             logger.log(done_step, row)
-            logger.progress(done_step, {"loss": f"{row['train/lm_loss']:.4f}", "acc": f"{row['train/accuracy']:.3f}",
-                                        "ex/s": f"{row['train/examples_per_sec']:.0f}"})
+            logger.progress(
+                done_step,
+                {
+                    "loss": f"{row['train/lm_loss']:.4f}",
+                    "acc": f"{row['train/accuracy']:.3f}",
+                    "ex/s": f"{row['train/examples_per_sec']:.0f}",
+                },
+            )
 
     H, L = recursion_depth(cfg, sampler.epochs_done)
     while step < end_step:
@@ -212,10 +261,22 @@ def main(raw: DictConfig) -> None:
         step += 1
         if pending is not None:
             drain(pending)
-        pending = (step, metrics, {"epoch": sampler.epochs_done, "train/H_cycles": H, "train/L_cycles": L,
-                                   "train/halt_exploration_prob": explore})
+        pending = (
+            step,
+            metrics,
+            {
+                "epoch": sampler.epochs_done,
+                "train/H_cycles": H,
+                "train/L_cycles": L,
+                "train/halt_exploration_prob": explore,
+            },
+        )
         # The final evaluation comes after the loop; skip a periodic one that would nearly repeat it.
-        eval_due = step % steps_per_eval == 0 and step // steps_per_eval >= cfg.min_eval_interval and end_step - step >= steps_per_eval
+        eval_due = (
+            step % steps_per_eval == 0
+            and step // steps_per_eval >= cfg.min_eval_interval
+            and end_step - step >= steps_per_eval
+        )
         if eval_due and test_ds is not None:
             drain(pending)
             pending = None
@@ -224,7 +285,9 @@ def main(raw: DictConfig) -> None:
             ckpt.wait()
             last_eval = trainer.evaluate(state, H, L, os.path.join(paths.run_dir, f"eval_step_{step}"))
             logger.log(step, {"epoch": sampler.epochs_done, **last_eval})
-        if (eval_due and cfg.checkpoint_every_eval) or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
+        if (eval_due and cfg.checkpoint_every_eval) or (
+            cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
+        ):
             save(step)
         if preemption.should_stop(step):
             if pending is not None:
@@ -243,14 +306,26 @@ def main(raw: DictConfig) -> None:
         ckpt.wait()
         last_eval = trainer.evaluate(state, H, L, os.path.join(paths.run_dir, f"eval_step_{step}"))
         logger.log(step, {"epoch": sampler.epochs_done, **last_eval})
-        logger.message("final evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items() if isinstance(v, float)))
+        logger.message(
+            "final evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items() if isinstance(v, float))
+        )
     if step not in ckpt.steps():
         save(step)
     ckpt.close()
     sampler.close()
-    logger.write_summary({"status": "completed", "step": step, "total_steps": total_steps, "num_params": n_params["model"],
-                          "num_puzzle_emb_params": n_params["puzzle_emb"], "final_metrics": last_eval,
-                          "wall_time_s": time.time() - t_start, "peak_memory_bytes": peak_memory_bytes(), "checkpoint_dir": paths.checkpoint_dir})
+    logger.write_summary(
+        {
+            "status": "completed",
+            "step": step,
+            "total_steps": total_steps,
+            "num_params": n_params["model"],
+            "num_puzzle_emb_params": n_params["puzzle_emb"],
+            "final_metrics": last_eval,
+            "wall_time_s": time.time() - t_start,
+            "peak_memory_bytes": peak_memory_bytes(),
+            "checkpoint_dir": paths.checkpoint_dir,
+        }
+    )
     logger.close()
 
 

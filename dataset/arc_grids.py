@@ -19,7 +19,12 @@ SEPARATOR = "|||"  # official augmentation-name separator: "<task>|||t<dihedral>
 
 def grid_to_np(grid: list[list[int]], where: str = "grid") -> np.ndarray:
     arr = np.asarray(grid)
-    if arr.ndim != 2 or not (0 < arr.shape[0] <= CANVAS and 0 < arr.shape[1] <= CANVAS) or arr.min() < 0 or arr.max() > 9:
+    if (
+        arr.ndim != 2
+        or not (0 < arr.shape[0] <= CANVAS and 0 < arr.shape[1] <= CANVAS)
+        or arr.min() < 0
+        or arr.max() > 9
+    ):
         raise DatasetError(f"{where}: expected a 1..30 x 1..30 grid of colours 0..9, got shape {arr.shape}")
     return arr.astype(np.uint8)
 

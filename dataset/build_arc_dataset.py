@@ -41,7 +41,9 @@ def load_tasks(prefix: str, subset: str) -> dict[str, dict]:
     return tasks
 
 
-def task_versions(rng: np.random.Generator, name: str, examples: dict[str, Examples], num_aug: int) -> list[tuple[str, dict[str, Examples]]]:
+def task_versions(
+    rng: np.random.Generator, name: str, examples: dict[str, Examples], num_aug: int
+) -> list[tuple[str, dict[str, Examples]]]:
     """The task itself plus up to `num_aug` distinct augmentations, each as (name, examples per split)."""
     versions = [(name, examples)]
     seen = {examples_hash([e for split in examples.values() for e in split])}
@@ -50,8 +52,10 @@ def task_versions(rng: np.random.Generator, name: str, examples: dict[str, Examp
             break
         tid = int(rng.integers(8))
         colours = np.concatenate([[0], rng.permutation(np.arange(1, 10))]).astype(np.uint8)
-        augmented = {split: [(augment(i, tid, colours), augment(o, tid, colours)) for i, o in pairs]
-                     for split, pairs in examples.items()}
+        augmented = {
+            split: [(augment(i, tid, colours), augment(o, tid, colours)) for i, o in pairs]
+            for split, pairs in examples.items()
+        }
         h = examples_hash([e for split in augmented.values() for e in split])
         if h not in seen:
             seen.add(h)
@@ -66,8 +70,10 @@ def collect(args: argparse.Namespace, rng: np.random.Generator) -> tuple[dict[st
     for subset in args.subsets:
         for name, task in load_tasks(args.input_file_prefix, subset).items():
             where = f"{args.input_file_prefix}_{subset} task {name}"
-            examples = {split: [(grid_to_np(p["input"], where), grid_to_np(p["output"], where)) for p in task[split]]
-                        for split in ("train", "test")}
+            examples = {
+                split: [(grid_to_np(p["input"], where), grid_to_np(p["output"], where)) for p in task[split]]
+                for split in ("train", "test")
+            }
             if subset == args.test_set_name:
                 test_tasks[name] = task
             else:  # all pairs of non-test tasks are training material
@@ -78,7 +84,9 @@ def collect(args: argparse.Namespace, rng: np.random.Generator) -> tuple[dict[st
     return groups, test_tasks
 
 
-def split_arrays(rng: np.random.Generator, groups: list, identifiers: dict[str, int], translate: bool) -> dict[str, np.ndarray]:
+def split_arrays(
+    rng: np.random.Generator, groups: list, identifiers: dict[str, int], translate: bool
+) -> dict[str, np.ndarray]:
     """Token arrays of one split; training examples (but one per puzzle) get a random canvas offset."""
     total = sum(len(ex) for group in groups for _, ex in group)
     inputs = np.empty((total, CANVAS * CANVAS), np.uint8)
@@ -94,8 +102,13 @@ def split_arrays(rng: np.random.Generator, groups: list, identifiers: dict[str, 
             puzzle_ids.append(identifiers.setdefault(name, len(identifiers)))
             puzzle_indices.append(row)
         group_indices.append(len(puzzle_ids))
-    return {"inputs": inputs, "labels": labels, "puzzle_identifiers": np.asarray(puzzle_ids),
-            "puzzle_indices": np.asarray(puzzle_indices), "group_indices": np.asarray(group_indices)}
+    return {
+        "inputs": inputs,
+        "labels": labels,
+        "puzzle_identifiers": np.asarray(puzzle_ids),
+        "puzzle_indices": np.asarray(puzzle_indices),
+        "group_indices": np.asarray(group_indices),
+    }
 
 
 def build(args: argparse.Namespace) -> None:
@@ -104,8 +117,15 @@ def build(args: argparse.Namespace) -> None:
     identifiers = {BLANK_IDENTIFIER: 0}
     arrays = {split: split_arrays(rng, groups[split], identifiers, translate=split == "train") for split in groups}
     for split, split_arrays_ in arrays.items():
-        write_split(args.output_dir, split, {"all": split_arrays_}, pad_id=0, ignore_label_id=0,
-                    vocab_size=12, num_puzzle_identifiers=len(identifiers))
+        write_split(
+            args.output_dir,
+            split,
+            {"all": split_arrays_},
+            pad_id=0,
+            ignore_label_id=0,
+            vocab_size=12,
+            num_puzzle_identifiers=len(identifiers),
+        )
     write_identifiers(args.output_dir, list(identifiers))
     with open(os.path.join(args.output_dir, "test_puzzles.json"), "w") as f:
         json.dump(test_tasks, f)

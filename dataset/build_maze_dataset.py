@@ -49,8 +49,10 @@ def _check_mazes(q: np.ndarray, a: np.ndarray, path: str) -> None:
     bad = ((q == _START).sum(1) != 1) | ((q == _GOAL).sum(1) != 1) | (q == _PATH).any(1)
     bad |= np.any((q != a) & ~((q == _OPEN) & (a == _PATH)), axis=1)
     if bad.any():
-        raise DatasetError(f"{path} line {np.argmax(bad) + 2}: invalid maze (needs one S and one G, and the "
-                           "answer may only mark open cells with 'o'); fix or drop the row")
+        raise DatasetError(
+            f"{path} line {np.argmax(bad) + 2}: invalid maze (needs one S and one G, and the "
+            "answer may only mark open cells with 'o'); fix or drop the row"
+        )
 
 
 def build(source: str, output_dir: str, *, subsample_size: int | None = None, aug: bool = False, seed: int = 0) -> None:
@@ -61,15 +63,31 @@ def build(source: str, output_dir: str, *, subsample_size: int | None = None, au
             keep = rng.choice(len(q), subsample_size, replace=False)
             q, a = q[keep], a[keep]
         versions = 8 if aug and split == "train" else 1
-        grids = [np.stack([dihedral_transform(x.reshape(-1, SIDE, SIDE), t) for t in range(versions)], 1) for x in (q, a)]
+        grids = [
+            np.stack([dihedral_transform(x.reshape(-1, SIDE, SIDE), t) for t in range(versions)], 1) for x in (q, a)
+        ]
         q, a = (g.reshape(-1, SIDE * SIDE) for g in grids)
         m = len(q)
-        arrays = {"inputs": q, "labels": a, "puzzle_identifiers": np.zeros(m, np.int32),
-                  "puzzle_indices": np.arange(m + 1), "group_indices": np.arange(0, m + 1, versions)}
-        write_split(output_dir, split, {"all": arrays}, pad_id=0, ignore_label_id=0,
-                    vocab_size=len(CHARSET) + 1, num_puzzle_identifiers=1)
+        arrays = {
+            "inputs": q,
+            "labels": a,
+            "puzzle_identifiers": np.zeros(m, np.int32),
+            "puzzle_indices": np.arange(m + 1),
+            "group_indices": np.arange(0, m + 1, versions),
+        }
+        write_split(
+            output_dir,
+            split,
+            {"all": arrays},
+            pad_id=0,
+            ignore_label_id=0,
+            vocab_size=len(CHARSET) + 1,
+            num_puzzle_identifiers=1,
+        )
     write_identifiers(output_dir, [BLANK_IDENTIFIER])
-    write_manifest(output_dir, "build_maze_dataset", dict(source=source, subsample_size=subsample_size, aug=aug, seed=seed))
+    write_manifest(
+        output_dir, "build_maze_dataset", dict(source=source, subsample_size=subsample_size, aug=aug, seed=seed)
+    )
 
 
 def generate(output_dir: str, *, num_train: int, num_test: int, min_path_length: int = 110, seed: int = 0) -> None:
@@ -77,7 +95,13 @@ def generate(output_dir: str, *, num_train: int, num_test: int, min_path_length:
     rng = np.random.default_rng(seed)
     for split, count in (("train", num_train), ("test", num_test)):
         mazes = [generate_maze(rng, min_path_length) for _ in range(count)]
-        write_csv(f"{output_dir}/{split}.csv", [m[0] for m in mazes], [m[1] for m in mazes], [m[2] for m in mazes], "generated")
+        write_csv(
+            f"{output_dir}/{split}.csv",
+            [m[0] for m in mazes],
+            [m[1] for m in mazes],
+            [m[2] for m in mazes],
+            "generated",
+        )
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -44,7 +44,9 @@ def load_split(path: str, min_difficulty: int | None) -> tuple[np.ndarray, np.nd
     return q[keep], a[keep]
 
 
-def augment_groups(rng: np.random.Generator, q: np.ndarray, a: np.ndarray, num_aug: int) -> tuple[np.ndarray, np.ndarray]:
+def augment_groups(
+    rng: np.random.Generator, q: np.ndarray, a: np.ndarray, num_aug: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Each puzzle followed by `num_aug` random symmetric copies, group-major: [N * (num_aug + 1), 81]."""
     n = len(q)
     q_out = np.repeat(q[:, None], num_aug + 1, axis=1)
@@ -56,8 +58,15 @@ def augment_groups(rng: np.random.Generator, q: np.ndarray, a: np.ndarray, num_a
     return q_out.reshape(-1, 81), a_out.reshape(-1, 81)
 
 
-def build(source: str, output_dir: str, *, subsample_size: int | None = None, num_aug: int = 0,
-          min_difficulty: int | None = None, seed: int = 0) -> None:
+def build(
+    source: str,
+    output_dir: str,
+    *,
+    subsample_size: int | None = None,
+    num_aug: int = 0,
+    min_difficulty: int | None = None,
+    seed: int = 0,
+) -> None:
     rng = np.random.default_rng(seed)
     for split in ("train", "test"):
         path = f"{source.rstrip('/')}/{split}.csv"
@@ -68,11 +77,21 @@ def build(source: str, output_dir: str, *, subsample_size: int | None = None, nu
         aug = num_aug if split == "train" else 0
         q, a = augment_groups(rng, q, a, aug)
         check_solutions(q, a, 3, path)
-        write_split(output_dir, split, {"all": sudoku_arrays(q, a, aug + 1)},
-                    pad_id=0, ignore_label_id=0, vocab_size=11, num_puzzle_identifiers=1)
+        write_split(
+            output_dir,
+            split,
+            {"all": sudoku_arrays(q, a, aug + 1)},
+            pad_id=0,
+            ignore_label_id=0,
+            vocab_size=11,
+            num_puzzle_identifiers=1,
+        )
     write_identifiers(output_dir, [BLANK_IDENTIFIER])
-    write_manifest(output_dir, "build_sudoku_dataset", dict(source=source, subsample_size=subsample_size,
-                   num_aug=num_aug, min_difficulty=min_difficulty, seed=seed))
+    write_manifest(
+        output_dir,
+        "build_sudoku_dataset",
+        dict(source=source, subsample_size=subsample_size, num_aug=num_aug, min_difficulty=min_difficulty, seed=seed),
+    )
 
 
 def sudoku_arrays(q: np.ndarray, a: np.ndarray, group_size: int) -> dict[str, np.ndarray]:

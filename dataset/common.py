@@ -125,7 +125,10 @@ def write_split(
             np.save(os.path.join(split_dir, f"{set_name}__{field}.npy"), np.asarray(arrays[field], np.uint8))
         for field in INDEX_FIELDS:
             values = np.asarray(arrays[field])
-            np.save(os.path.join(split_dir, f"{set_name}__{field}.npy"), values.astype(index_dtype(int(values.max(initial=0)))))
+            np.save(
+                os.path.join(split_dir, f"{set_name}__{field}.npy"),
+                values.astype(index_dtype(int(values.max(initial=0)))),
+            )
         totals["examples"] += len(arrays["inputs"])
         totals["puzzles"] += len(arrays["puzzle_identifiers"])
         totals["groups"] += len(arrays["group_indices"]) - 1
@@ -149,7 +152,9 @@ def write_split(
 def _check_set_arrays(set_name: str, arrays: Mapping[str, np.ndarray], vocab_size: int) -> None:
     inputs, labels = arrays["inputs"], arrays["labels"]
     if inputs.shape != labels.shape or inputs.ndim != 2:
-        raise DatasetError(f"set {set_name!r}: inputs {inputs.shape} and labels {labels.shape} must both be [N, seq_len]")
+        raise DatasetError(
+            f"set {set_name!r}: inputs {inputs.shape} and labels {labels.shape} must both be [N, seq_len]"
+        )
     if inputs.size and max(int(inputs.max()), int(labels.max())) >= vocab_size:
         raise DatasetError(f"set {set_name!r}: token >= vocab_size={vocab_size}; fix the builder's token mapping")
     indices = np.asarray(arrays["puzzle_indices"])
@@ -215,7 +220,9 @@ def read_puzzle_csv(path: str, length: int) -> tuple[list[str], list[str], np.nd
     questions, answers, ratings = [], [], []
     for line, row in enumerate(rows, start=2):
         if len(row) != 4 or len(row[1]) != length or len(row[2]) != length:
-            raise DatasetError(f"{path} line {line}: expected 4 fields with {length}-character question and answer, got {row[:4]}")
+            raise DatasetError(
+                f"{path} line {line}: expected 4 fields with {length}-character question and answer, got {row[:4]}"
+            )
         try:
             ratings.append(int(float(row[3])))
         except ValueError as e:
@@ -234,7 +241,9 @@ def chars_to_codes(strings: Sequence[str], table: np.ndarray, path: str, what: s
     bad = np.argwhere(codes < 0)
     if len(bad):
         row, col = bad[0]
-        raise DatasetError(f"{path} line {row + 2}: invalid character {chr(raw[row, col])!r} at position {col} of the {what}")
+        raise DatasetError(
+            f"{path} line {row + 2}: invalid character {chr(raw[row, col])!r} at position {col} of the {what}"
+        )
     return codes.astype(np.uint8)
 
 
@@ -242,7 +251,7 @@ def write_csv(path: str, questions: Sequence[str], answers: Sequence[str], ratin
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         f.write("source,question,answer,rating\n")
-        for q, a, r in zip(questions, answers, ratings):
+        for q, a, r in zip(questions, answers, ratings, strict=False):
             f.write(f"{source},{q},{a},{r}\n")
 
 
@@ -275,7 +284,9 @@ def run_cli(args, commands: Mapping[str, Callable[..., object]]) -> None:
     print(f"{command} finished in {time.perf_counter() - start:.2f} s -> {kwargs['output_dir']}")
 
 
-def builder_parsers(script: str, doc: str, generate_doc: str) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+def builder_parsers(
+    script: str, doc: str, generate_doc: str
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The build and `generate` sub-command parsers, with the options every builder shares."""
     build = argparse.ArgumentParser(prog=script, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     build.add_argument("--source", required=True, help="directory or gs:// prefix with train.csv and test.csv")
@@ -288,7 +299,9 @@ def builder_parsers(script: str, doc: str, generate_doc: str) -> tuple[argparse.
     return build, gen
 
 
-def parse_builder_args(argv: list[str], build: argparse.ArgumentParser, gen: argparse.ArgumentParser) -> argparse.Namespace:
+def parse_builder_args(
+    argv: list[str], build: argparse.ArgumentParser, gen: argparse.ArgumentParser
+) -> argparse.Namespace:
     if argv[:1] == ["generate"]:
         return gen.parse_args(argv[1:], namespace=argparse.Namespace(command="generate"))
     return build.parse_args(argv, namespace=argparse.Namespace(command="build"))

@@ -19,8 +19,11 @@ def _carve(rng: np.random.Generator, loop_fraction: float) -> np.ndarray:
     open_[1, 1] = True
     while stack:
         r, c = stack[-1]
-        nexts = [(r + dr, c + dc) for dr, dc in _STEPS
-                 if 0 <= r + dr < cells and 0 <= c + dc < cells and not open_[2 * (r + dr) + 1, 2 * (c + dc) + 1]]
+        nexts = [
+            (r + dr, c + dc)
+            for dr, dc in _STEPS
+            if 0 <= r + dr < cells and 0 <= c + dc < cells and not open_[2 * (r + dr) + 1, 2 * (c + dc) + 1]
+        ]
         if not nexts:
             stack.pop()
             continue

@@ -30,7 +30,9 @@ def load_metadata(data_path: str, split: str) -> PuzzleDatasetMetadata:
     try:
         text = read_text(path)
     except DatasetError as e:
-        raise DatasetError(f"split {split!r} missing: {path} not found; build the dataset (dataset/build_*.py) into {data_path}") from e
+        raise DatasetError(
+            f"split {split!r} missing: {path} not found; build the dataset (dataset/build_*.py) into {data_path}"
+        ) from e
     return PuzzleDatasetMetadata.model_validate_json(text)
 
 
@@ -45,15 +47,17 @@ def check_same_format(a: PuzzleDatasetMetadata, b: PuzzleDatasetMetadata, where_
 
 
 def _merge_metadata(metas: Sequence[PuzzleDatasetMetadata], paths: Sequence[str]) -> PuzzleDatasetMetadata:
-    for meta, path in zip(metas[1:], paths[1:]):
+    for meta, path in zip(metas[1:], paths[1:], strict=False):
         check_same_format(metas[0], meta, paths[0], path)
     total_puzzles = sum(m.total_puzzles for m in metas)
-    return metas[0].model_copy(update=dict(
-        num_puzzle_identifiers=sum(m.num_puzzle_identifiers for m in metas),
-        total_groups=sum(m.total_groups for m in metas),
-        total_puzzles=total_puzzles,
-        mean_puzzle_examples=sum(m.mean_puzzle_examples * m.total_puzzles for m in metas) / max(total_puzzles, 1),
-    ))
+    return metas[0].model_copy(
+        update=dict(
+            num_puzzle_identifiers=sum(m.num_puzzle_identifiers for m in metas),
+            total_groups=sum(m.total_groups for m in metas),
+            total_puzzles=total_puzzles,
+            mean_puzzle_examples=sum(m.mean_puzzle_examples * m.total_puzzles for m in metas) / max(total_puzzles, 1),
+        )
+    )
 
 
 def _local_split_dir(data_path: str, split: str, cache_dir: str | None) -> str:
@@ -102,14 +106,16 @@ class PuzzleDataset:
         self._tokens: list[dict[str, np.ndarray]] = []
         index_parts: dict[str, list[np.ndarray]] = {f: [] for f in INDEX_FIELDS}
         examples = puzzles = id_offset = 0
-        for i, (path, meta) in enumerate(zip(data_paths, metas)):
+        for i, (path, meta) in enumerate(zip(data_paths, metas, strict=False)):
             local = _local_split_dir(path, split, cache_dir)
             for set_name in meta.sets:
                 arrays = _load_set(local, set_name)
                 self._tokens.append({f: arrays[f] for f in TOKEN_FIELDS})
                 self.sets.append((set_name + (str(i) if i else ""), examples, examples + len(arrays["inputs"])))
                 ids = arrays["puzzle_identifiers"].astype(np.int64)
-                index_parts["puzzle_identifiers"].append(np.where(ids == meta.blank_identifier_id, ids, ids + id_offset))
+                index_parts["puzzle_identifiers"].append(
+                    np.where(ids == meta.blank_identifier_id, ids, ids + id_offset)
+                )
                 index_parts["puzzle_indices"].append(arrays["puzzle_indices"][:-1].astype(np.int64) + examples)
                 index_parts["group_indices"].append(arrays["group_indices"][:-1].astype(np.int64) + puzzles)
                 examples += len(arrays["inputs"])
@@ -205,8 +211,16 @@ class _BatchPlanner:
 class TrainSampler:
     """Endless stream of this process's rows of each global training batch, prefetched in a thread."""
 
-    def __init__(self, dataset: PuzzleDataset, global_batch_size: int, *, seed: int,
-                 process_index: int, process_count: int, prefetch: int = 2):
+    def __init__(
+        self,
+        dataset: PuzzleDataset,
+        global_batch_size: int,
+        *,
+        seed: int,
+        process_index: int,
+        process_count: int,
+        prefetch: int = 2,
+    ):
         if global_batch_size % process_count:
             raise ValueError(f"global_batch_size={global_batch_size} is not divisible by process_count={process_count}")
         self.dataset = dataset
@@ -272,8 +286,9 @@ class TrainSampler:
         return self._state["batches"] * self.global_batch_size / (meta.total_groups * meta.mean_puzzle_examples)
 
 
-def eval_batches(dataset: PuzzleDataset, global_batch_size: int, *, process_index: int,
-                 process_count: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+def eval_batches(
+    dataset: PuzzleDataset, global_batch_size: int, *, process_index: int, process_count: int
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """Every example once, set by set, in order; the last batch of a set is padded to full size."""
     local = global_batch_size // process_count
     meta = dataset.metadata
@@ -284,6 +299,12 @@ def eval_batches(dataset: PuzzleDataset, global_batch_size: int, *, process_inde
             batch = dataset.read_rows(rows, dataset.puzzles_of(rows))
             pad = local - len(rows)
             if pad:
-                fill = {"inputs": meta.pad_id, "labels": IGNORE_LABEL_ID, "puzzle_identifiers": meta.blank_identifier_id}
-                batch = {k: np.concatenate([v, np.full((pad,) + v.shape[1:], fill[k], v.dtype)]) for k, v in batch.items()}
+                fill = {
+                    "inputs": meta.pad_id,
+                    "labels": IGNORE_LABEL_ID,
+                    "puzzle_identifiers": meta.blank_identifier_id,
+                }
+                batch = {
+                    k: np.concatenate([v, np.full((pad,) + v.shape[1:], fill[k], v.dtype)]) for k, v in batch.items()
+                }
             yield name, batch

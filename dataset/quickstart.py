@@ -57,13 +57,17 @@ def _build(out_dir: str, seed: int) -> None:
     test_keys = {q.tobytes() for q in test_q}
     base = _distinct(_unique_puzzles(rng, grids, 4 * NUM_TRAIN_BASE), test_keys)[:NUM_TRAIN_BASE]
     groups = np.repeat(base[:, None], NUM_AUG + 1, axis=1)
-    groups[:, 1:] = apply_symmetries(groups[:, 1:].reshape(-1, 16), random_symmetries(rng, len(base) * NUM_AUG, 2)).reshape(len(base), NUM_AUG, 16)
+    groups[:, 1:] = apply_symmetries(
+        groups[:, 1:].reshape(-1, 16), random_symmetries(rng, len(base) * NUM_AUG, 2)
+    ).reshape(len(base), NUM_AUG, 16)
     keep = np.array([[q.tobytes() not in test_keys for q in g] for g in groups])
     train_q = groups[keep]
     for split, q, group_sizes in (("train", train_q, keep.sum(axis=1)), ("test", test_q, np.ones(len(test_q), int))):
         arrays = sudoku_arrays(q, _solve(q, grids), 1)
         arrays["group_indices"] = np.concatenate([[0], np.cumsum(group_sizes)])
-        write_split(out_dir, split, {"all": arrays}, pad_id=0, ignore_label_id=0, vocab_size=6, num_puzzle_identifiers=1)
+        write_split(
+            out_dir, split, {"all": arrays}, pad_id=0, ignore_label_id=0, vocab_size=6, num_puzzle_identifiers=1
+        )
     write_identifiers(out_dir, [BLANK_IDENTIFIER])
     write_manifest(out_dir, "quickstart", {"seed": seed})
 

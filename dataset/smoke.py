@@ -21,8 +21,15 @@ def build_smoke_dataset(out_dir: str, num_puzzles: int, seed: int) -> str:
     rng = np.random.default_rng(seed)
     for split, count in (("train", num_puzzles), ("test", max(1, num_puzzles // 2))):
         q, a = _random_puzzles(rng, count)
-        write_split(out_dir, split, {"all": sudoku_arrays(q, a, 1)},
-                    pad_id=0, ignore_label_id=0, vocab_size=11, num_puzzle_identifiers=1)
+        write_split(
+            out_dir,
+            split,
+            {"all": sudoku_arrays(q, a, 1)},
+            pad_id=0,
+            ignore_label_id=0,
+            vocab_size=11,
+            num_puzzle_identifiers=1,
+        )
     write_identifiers(out_dir, [BLANK_IDENTIFIER])
     write_manifest(out_dir, "smoke", {"num_puzzles": num_puzzles, "seed": seed})
     return out_dir

@@ -21,8 +21,15 @@ from dataset.common import PuzzleDatasetMetadata, read_text
 class ArcEvaluator:
     required_outputs = frozenset({"inputs", "puzzle_identifiers", "preds", "q_halt_logits"})
 
-    def __init__(self, data_path: str, eval_metadata: PuzzleDatasetMetadata, *, submission_K: int = 2,
-                 pass_Ks: Sequence[int] = (1, 2, 5, 10, 100, 1000), aggregated_voting: bool = True):
+    def __init__(
+        self,
+        data_path: str,
+        eval_metadata: PuzzleDatasetMetadata,
+        *,
+        submission_K: int = 2,
+        pass_Ks: Sequence[int] = (1, 2, 5, 10, 100, 1000),
+        aggregated_voting: bool = True,
+    ):
         self.blank_identifier_id = eval_metadata.blank_identifier_id
         self.submission_K = submission_K
         self.pass_Ks = tuple(pass_Ks)
@@ -41,8 +48,9 @@ class ArcEvaluator:
         ids = np.asarray(batch["puzzle_identifiers"])
         real = ids != self.blank_identifier_id
         q_halt = 1 / (1 + np.exp(-np.asarray(outputs["q_halt_logits"], np.float64)))
-        for identifier, inp, pred, q in zip(ids[real], np.asarray(batch["inputs"])[real],
-                                            np.asarray(outputs["preds"])[real], q_halt[real]):
+        for identifier, inp, pred, q in zip(
+            ids[real], np.asarray(batch["inputs"])[real], np.asarray(outputs["preds"])[real], q_halt[real], strict=False
+        ):
             task, to_original = parse_augmentation(self.identifiers[identifier])
             input_hash = grid_hash(to_original(crop(inp)))
             grid = to_original(crop(pred))
@@ -65,7 +73,9 @@ class ArcEvaluator:
             os.makedirs(save_dir, exist_ok=True)
             with open(os.path.join(save_dir, "submission.json"), "w") as f:
                 json.dump(submission, f)
-        return {f"ARC/pass@{k}": float(s) / max(len(self.test_tasks), 1) for k, s in zip(self.pass_Ks, scores)}
+        return {
+            f"ARC/pass@{k}": float(s) / max(len(self.test_tasks), 1) for k, s in zip(self.pass_Ks, scores, strict=False)
+        }
 
     def _score_task(self, spec: dict, votes: list[dict], grids: dict[str, np.ndarray]) -> tuple[np.ndarray, list]:
         correct = np.zeros(len(self.pass_Ks))

@@ -141,8 +141,8 @@ def _num_params(run: Run) -> float:
     if n is not None:
         return float(n)
     try:  # runs that have not finished yet: count analytically
+        from models.config import ArchConfig
         from models.trm import num_parameters
-        from training.config import ArchConfig
 
         return float(sum(num_parameters(ArchConfig.model_validate(run.config["arch"]), **SUDOKU_DIMS).values()))
     except (ImportError, KeyError, ValueError):
@@ -212,8 +212,12 @@ def fit_scaling_law(x, y) -> Fit | str:
     spread = max(float(np.ptp(y)), 1e-3)
     try:
         (a, b0, c), _ = curve_fit(
-            lambda s, a, b, c: a - b * np.power(s, -c), x / x0, y,
-            p0=[float(y.max()), spread, 0.5], bounds=([-np.inf, 0.0, 0.0], [np.inf, np.inf, 10.0]), maxfev=20000,
+            lambda s, a, b, c: a - b * np.power(s, -c),
+            x / x0,
+            y,
+            p0=[float(y.max()), spread, 0.5],
+            bounds=([-np.inf, 0.0, 0.0], [np.inf, np.inf, 10.0]),
+            maxfev=20000,
         )
     except (RuntimeError, ValueError) as err:
         return f"fit failed ({err})"
@@ -252,18 +256,25 @@ def plot_accuracy(df: pd.DataFrame, axis: Axis, fit: Fit | str | None, path: Pat
 
 
 def plot_curves(group_runs: list[Run], path: Path) -> str:
-    panels = [("train/lm_loss", "train lm loss"), ("train/exact_accuracy", "train exact accuracy"),
-              ("exact_accuracy", "test exact accuracy")]
+    panels = [
+        ("train/lm_loss", "train lm loss"),
+        ("train/exact_accuracy", "train exact accuracy"),
+        ("exact_accuracy", "test exact accuracy"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for run in group_runs:
-        for ax, (key, _) in zip(axes, panels):
+        for ax, (key, _) in zip(axes, panels, strict=False):
             if key.startswith("train/"):
                 pts = [(h["step"], h[key]) for h in run.history if h.get(key) is not None]
             else:
                 pts = [(h["step"], eval_metric(h, key)) for h in run.history if eval_metric(h, key) is not None]
             if pts:
-                ax.plot(*zip(*pts), ".-" if key == "exact_accuracy" else "-", label=run.config.get("experiment_name"))
-    for ax, (_, title) in zip(axes, panels):
+                ax.plot(
+                    *zip(*pts, strict=False),
+                    ".-" if key == "exact_accuracy" else "-",
+                    label=run.config.get("experiment_name"),
+                )
+    for ax, (_, title) in zip(axes, panels, strict=False):
         ax.set_xlabel("step")
         ax.set_title(title)
     axes[0].set_yscale("log")
@@ -337,18 +348,24 @@ def analyze(runs: list[Run], out_dir: Path) -> pd.DataFrame:
         group_runs = [r for r in runs if r.config.get("experiment_group") == group]
         axis = AXES.get(group, BY_NAME_AXIS)
         fit = fit_scaling_law(gdf[axis.column], gdf["exact_accuracy"]) if axis.fit else None
-        columns = dict.fromkeys(["name", "status", axis.column, "exact_accuracy", "accuracy", "params", "step",
-                                 "wall_time_s"])
+        columns = dict.fromkeys(
+            ["name", "status", axis.column, "exact_accuracy", "accuracy", "params", "step", "wall_time_s"]
+        )
         report += [f"## {group}", "", _markdown_table(gdf[list(columns)]), ""]
         if isinstance(fit, Fit):
-            report += [f"Scaling law `accuracy = a - b * x^(-c)` over {axis.label} ({fit.n} runs): "
-                       f"a = {fit.a:.4g}, b = {fit.b:.4g}, c = {fit.c:.4g} (RMSE {fit.rmse:.3g}).", ""]
+            report += [
+                f"Scaling law `accuracy = a - b * x^(-c)` over {axis.label} ({fit.n} runs): "
+                f"a = {fit.a:.4g}, b = {fit.b:.4g}, c = {fit.c:.4g} (RMSE {fit.rmse:.3g}).",
+                "",
+            ]
         elif fit is not None:
             report += [f"Scaling law over {axis.label}: {fit}.", ""]
-        plots = [plot_accuracy(gdf, axis, fit, out_dir / f"{group}_accuracy.png"),
-                 plot_curves(group_runs, out_dir / f"{group}_curves.png"),
-                 plot_throughput(gdf, out_dir / f"{group}_throughput.png"),
-                 plot_halting(group_runs, out_dir / f"{group}_halting.png")]
+        plots = [
+            plot_accuracy(gdf, axis, fit, out_dir / f"{group}_accuracy.png"),
+            plot_curves(group_runs, out_dir / f"{group}_curves.png"),
+            plot_throughput(gdf, out_dir / f"{group}_throughput.png"),
+            plot_halting(group_runs, out_dir / f"{group}_halting.png"),
+        ]
         report += [f"![{group} {p.split('_', 1)[1][:-4]}]({p})" for p in plots if p] + [""]
     (out_dir / "report.md").write_text("\n".join(report))
     return df

@@ -100,7 +100,7 @@ def visit(head: str, name: str, overrides: list[str], args: argparse.Namespace, 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    own, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    own, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="experiment names (default: the whole study)")
     parser.add_argument("--pattern", action="append", default=[], help="glob over names, e.g. 'exp0[12]*'")

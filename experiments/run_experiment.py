@@ -42,8 +42,8 @@ CONFIG_ERRORS = (ConfigError, HydraException, OmegaConfBaseException)
 class Plan:
     name: str
     overrides: tuple[str, ...]
-    cfg: PretrainConfig    # what training will actually run (smoke applied)
-    paths: RunPaths        # run_dir is relative to ROOT unless absolute
+    cfg: PretrainConfig  # what training will actually run (smoke applied)
+    paths: RunPaths  # run_dir is relative to ROOT unless absolute
 
     @property
     def run_dir(self) -> Path:
@@ -91,8 +91,10 @@ def describe(p: Plan) -> str:
         dims = SUDOKU_DIMS
         why = "smoke data is generated at run time" if cfg.smoke.enabled else "no train/dataset.json found"
         dims_note = f"assumed 9x9 Sudoku: {why}"
-    lines = [f"# {p.name}: resolved config" + (" (smoke)" if cfg.smoke.enabled else ""),
-             OmegaConf.to_yaml(OmegaConf.create(cfg.model_dump())).rstrip()]
+    lines = [
+        f"# {p.name}: resolved config" + (" (smoke)" if cfg.smoke.enabled else ""),
+        OmegaConf.to_yaml(OmegaConf.create(cfg.model_dump())).rstrip(),
+    ]
     lines.append(f"# dataset dims: {dims}, {dims_note}")
     try:
         from models.trm import num_parameters
@@ -106,8 +108,11 @@ def describe(p: Plan) -> str:
         capped = f", capped at max_steps={cfg.max_steps}" if cfg.max_steps else ""
         lines.append(f"# total steps: {steps:,}{capped}")
     else:
-        lines.append("# total steps: unknown until the dataset exists" if not cfg.smoke.enabled
-                     else f"# total steps: {cfg.max_steps} (smoke)")
+        lines.append(
+            "# total steps: unknown until the dataset exists"
+            if not cfg.smoke.enabled
+            else f"# total steps: {cfg.max_steps} (smoke)"
+        )
     lines.append(f"# run dir: {p.run_dir}")
     lines.append(f"# checkpoints: {p.paths.checkpoint_dir}")
     lines.append(f"# W&B: project {p.paths.wandb_project} (mode {cfg.wandb.mode})")

@@ -95,8 +95,7 @@ def build_command(puzzles: int, aug: int) -> str:
 
 def _letters(prefix: str, rows: list[tuple[str, dict[str, Any]]], group: str, sep: str = "") -> list[Experiment]:
     return [
-        Experiment(f"{prefix}{sep}{chr(ord('a') + i)}", group, desc, changes)
-        for i, (desc, changes) in enumerate(rows)
+        Experiment(f"{prefix}{sep}{chr(ord('a') + i)}", group, desc, changes) for i, (desc, changes) in enumerate(rows)
     ]
 
 
@@ -116,57 +115,107 @@ def _batch_row(batch: int) -> tuple[str, dict[str, Any]]:
 
 def _build() -> list[Experiment]:
     exps = [Experiment(BASELINE_NAME, "baseline", "the study baseline (TRM MLP-T on Sudoku-Extreme 1k x 1000)")]
-    exps += _letters("exp01", [
-        (f"hidden {h}, {n} heads", {"arch.hidden_size": h, "arch.num_heads": n, "arch.puzzle_emb_ndim": h})
-        for h, n in [(256, 4), (384, 6), (512, 8), (768, 8), (1024, 8), (1536, 8)]
-    ], "exp01")
+    exps += _letters(
+        "exp01",
+        [
+            (f"hidden {h}, {n} heads", {"arch.hidden_size": h, "arch.num_heads": n, "arch.puzzle_emb_ndim": h})
+            for h, n in [(256, 4), (384, 6), (512, 8), (768, 8), (1024, 8), (1536, 8)]
+        ],
+        "exp01",
+    )
     exps += _numbered("exp02a", [(f"L_cycles {c}", {"arch.L_cycles": c}) for c in (2, 4, 6, 8, 10, 12)], "exp02a")
     exps += _numbered("exp02b", [(f"H_cycles {c}", {"arch.H_cycles": c}) for c in (1, 2, 3, 4, 5)], "exp02b")
-    exps += _letters("exp03", [
-        (f"L_layers {l}, L_cycles {c}", {"arch.L_layers": l, "arch.L_cycles": c})
-        for l, c in [(1, 12), (2, 6), (3, 4), (4, 3), (6, 2)]
-    ], "exp03")
+    exps += _letters(
+        "exp03",
+        [
+            (f"L_layers {l}, L_cycles {c}", {"arch.L_layers": l, "arch.L_cycles": c})
+            for l, c in [(1, 12), (2, 6), (3, 4), (4, 3), (6, 2)]
+        ],
+        "exp03",
+    )
     exps += [
-        Experiment(f"exp04a_{n}", "exp04a", f"{n} training puzzles x {BASELINE_AUG} augmentations",
-                   {"data_paths": [dataset_path(n, BASELINE_AUG)]})
+        Experiment(
+            f"exp04a_{n}",
+            "exp04a",
+            f"{n} training puzzles x {BASELINE_AUG} augmentations",
+            {"data_paths": [dataset_path(n, BASELINE_AUG)]},
+        )
         for n in (100, 250, 500, 1000, 2000, 5000)
     ]
     exps += [
-        Experiment(f"exp04b_{k:04d}", "exp04b", f"{BASELINE_PUZZLES} training puzzles x {k} augmentations",
-                   {"data_paths": [dataset_path(BASELINE_PUZZLES, k)]})
+        Experiment(
+            f"exp04b_{k:04d}",
+            "exp04b",
+            f"{BASELINE_PUZZLES} training puzzles x {k} augmentations",
+            {"data_paths": [dataset_path(BASELINE_PUZZLES, k)]},
+        )
         for k in (10, 100, 500, 1000, 2000)
     ]
-    exps += _letters("exp05", [
-        (f"halt_max_steps {s}", {"arch.halt_max_steps": s}) for s in (4, 8, 12, 16, 24, 32)
-    ], "exp05", sep="_")
+    exps += _letters(
+        "exp05", [(f"halt_max_steps {s}", {"arch.halt_max_steps": s}) for s in (4, 8, 12, 16, 24, 32)], "exp05", sep="_"
+    )
     exps += _letters("exp06", [_batch_row(b) for b in (1536, 3072, 6144, 12288, 24576, 49152)], "exp06", sep="_")
-    exps += _letters("exp07", [
-        ("forward dtype float32", {"arch.forward_dtype": "float32"}),
-        ("forward dtype bfloat16", {"arch.forward_dtype": "bfloat16"}),
-        ("forward dtype float16 (dynamic loss scaling from loss_scale_init)", {"arch.forward_dtype": "float16"}),
-    ], "exp07")
-    exps += _letters("exp08", [("EMA off", {"ema": False})] + [
-        (f"EMA rate {r}", {"ema": True, "ema_rate": r}) for r in (0.99, 0.995, 0.999, 0.9995)
-    ], "exp08")
-    exps += _letters("exp09", [
-        (f"{opt} betas ({b1}, {b2})", {"optimizer": opt, "beta1": b1, "beta2": b2})
-        for opt, b1, b2 in [("adam_atan2", 0.9, 0.95), ("adamw", 0.9, 0.95), ("adamw", 0.9, 0.99),
-                            ("adamw", 0.9, 0.999), ("lion", 0.9, 0.99)]
-    ], "exp09")
-    exps += _letters("exp10", [
-        (f"lr {lr:g}, lr_min_ratio {r:g}", {"lr": lr, "lr_min_ratio": r})
-        for lr, r in [(3.0e-5, 1.0), (1.0e-4, 1.0), (3.0e-4, 1.0), (1.0e-4, 0.1), (1.0e-4, 0.01)]
-    ], "exp10")
+    exps += _letters(
+        "exp07",
+        [
+            ("forward dtype float32", {"arch.forward_dtype": "float32"}),
+            ("forward dtype bfloat16", {"arch.forward_dtype": "bfloat16"}),
+            ("forward dtype float16 (dynamic loss scaling from loss_scale_init)", {"arch.forward_dtype": "float16"}),
+        ],
+        "exp07",
+    )
+    exps += _letters(
+        "exp08",
+        [("EMA off", {"ema": False})]
+        + [(f"EMA rate {r}", {"ema": True, "ema_rate": r}) for r in (0.99, 0.995, 0.999, 0.9995)],
+        "exp08",
+    )
+    exps += _letters(
+        "exp09",
+        [
+            (f"{opt} betas ({b1}, {b2})", {"optimizer": opt, "beta1": b1, "beta2": b2})
+            for opt, b1, b2 in [
+                ("adam_atan2", 0.9, 0.95),
+                ("adamw", 0.9, 0.95),
+                ("adamw", 0.9, 0.99),
+                ("adamw", 0.9, 0.999),
+                ("lion", 0.9, 0.99),
+            ]
+        ],
+        "exp09",
+    )
+    exps += _letters(
+        "exp10",
+        [
+            (f"lr {lr:g}, lr_min_ratio {r:g}", {"lr": lr, "lr_min_ratio": r})
+            for lr, r in [(3.0e-5, 1.0), (1.0e-4, 1.0), (3.0e-4, 1.0), (1.0e-4, 0.1), (1.0e-4, 0.01)]
+        ],
+        "exp10",
+    )
     exps += [
         Experiment("contrib01_baseline", "contrib01", "fixed recursion depth (control)", {}),
-        Experiment("contrib01_curriculum", "contrib01",
-                   "recursion curriculum: L_cycles 2->6, H_cycles 1->3 over the first 10000 epochs",
-                   {"curriculum.enabled": True, "curriculum.start_L_cycles": 2,
-                    "curriculum.start_H_cycles": 1, "curriculum.epochs": 10000}),
+        Experiment(
+            "contrib01_curriculum",
+            "contrib01",
+            "recursion curriculum: L_cycles 2->6, H_cycles 1->3 over the first 10000 epochs",
+            {
+                "curriculum.enabled": True,
+                "curriculum.start_L_cycles": 2,
+                "curriculum.start_H_cycles": 1,
+                "curriculum.epochs": 10000,
+            },
+        ),
         Experiment("contrib02_baseline", "contrib02", "halt_exploration_prob fixed at 0.1 (control)", {}),
-        Experiment("contrib02_adaptive", "contrib02", "halt_exploration_prob annealed 0.3 -> 0.05 over the run",
-                   {"halt_exploration_schedule.enabled": True, "halt_exploration_schedule.start": 0.3,
-                    "halt_exploration_schedule.end": 0.05}),
+        Experiment(
+            "contrib02_adaptive",
+            "contrib02",
+            "halt_exploration_prob annealed 0.3 -> 0.05 over the run",
+            {
+                "halt_exploration_schedule.enabled": True,
+                "halt_exploration_schedule.start": 0.3,
+                "halt_exploration_schedule.end": 0.05,
+            },
+        ),
     ]
     return exps
 

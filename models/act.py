@@ -18,12 +18,12 @@ from models.trm import TRMInner, inner_forward
 
 @struct.dataclass
 class Carry:
-    z_H: jax.Array          # [B, P+L, D], compute dtype
-    z_L: jax.Array          # [B, P+L, D]
-    steps: jax.Array        # [B] int32, ACT steps taken on the current puzzle
-    halted: jax.Array       # [B] bool; halted rows load new data on the next step
-    inputs: jax.Array       # [B, L] int32, the current data
-    labels: jax.Array       # [B, L] int32
+    z_H: jax.Array  # [B, P+L, D], compute dtype
+    z_L: jax.Array  # [B, P+L, D]
+    steps: jax.Array  # [B] int32, ACT steps taken on the current puzzle
+    halted: jax.Array  # [B] bool; halted rows load new data on the next step
+    inputs: jax.Array  # [B, L] int32, the current data
+    labels: jax.Array  # [B, L] int32
     puzzle_identifiers: jax.Array  # [B] int32
 
 
@@ -32,7 +32,8 @@ def initial_carry(model: TRMInner, batch_size: int) -> Carry:
     S, L, D = model.total_len, model.dims.seq_len, model.arch.hidden_size
     # Two distinct buffers: the train step donates the carry.
     return Carry(
-        z_H=jnp.zeros((batch_size, S, D), model.dtype), z_L=jnp.zeros((batch_size, S, D), model.dtype),
+        z_H=jnp.zeros((batch_size, S, D), model.dtype),
+        z_L=jnp.zeros((batch_size, S, D), model.dtype),
         steps=jnp.zeros((batch_size,), jnp.int32),
         halted=jnp.ones((batch_size,), bool),
         inputs=jnp.zeros((batch_size, L), jnp.int32),
@@ -68,8 +69,17 @@ def exploration_min_steps(rng: jax.Array, batch_size: int, prob: Any, halt_max_s
     return explore * jax.random.randint(k_steps, (batch_size,), 2, halt_max_steps + 1)
 
 
-def act_step(model: TRMInner, variables, carry: Carry, puzzle_rows, *, train: bool, min_halt_steps: jax.Array | None,
-             H_cycles: int, L_cycles: int) -> tuple[Carry, dict[str, jax.Array]]:
+def act_step(
+    model: TRMInner,
+    variables,
+    carry: Carry,
+    puzzle_rows,
+    *,
+    train: bool,
+    min_halt_steps: jax.Array | None,
+    H_cycles: int,
+    L_cycles: int,
+) -> tuple[Carry, dict[str, jax.Array]]:
     """Steps 2-4 of an ACT step on an already reset carry.
 
     `puzzle_rows` [B, ndim] are the puzzle-embedding rows of the carry's current puzzles; they
@@ -100,6 +110,9 @@ def act_step(model: TRMInner, variables, carry: Carry, puzzle_rows, *, train: bo
             outputs["target_q_continue"] = jax.lax.stop_gradient(jax.nn.sigmoid(target))
 
     new_carry = carry.replace(
-        z_H=jax.lax.stop_gradient(z_H), z_L=jax.lax.stop_gradient(z_L), steps=steps, halted=halted,
+        z_H=jax.lax.stop_gradient(z_H),
+        z_L=jax.lax.stop_gradient(z_L),
+        steps=steps,
+        halted=halted,
     )
     return new_carry, outputs

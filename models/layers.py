@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 # Standard deviation of a standard normal truncated to [-2, 2]; the official
 # trunc_normal_init_ divides by it so that `std` is the std of the samples.

@@ -25,7 +25,9 @@ def log_stablemax(x: jax.Array, axis: int = -1) -> jax.Array:
     return jnp.log(s / jnp.sum(s, axis=axis, keepdims=True))
 
 
-def stablemax_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_LABEL_ID, valid_mask=None) -> jax.Array:
+def stablemax_cross_entropy(
+    logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_LABEL_ID, valid_mask=None
+) -> jax.Array:
     """Per-token -log stablemax prob of the label, 0 where ignored (float32)."""
     valid = labels != ignore_index if valid_mask is None else valid_mask
     logp = log_stablemax(logits.astype(jnp.float32))
@@ -33,7 +35,9 @@ def stablemax_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: 
     return -jnp.where(valid, picked, 0.0)
 
 
-def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_LABEL_ID, valid_mask=None) -> jax.Array:
+def softmax_cross_entropy(
+    logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_LABEL_ID, valid_mask=None
+) -> jax.Array:
     valid = labels != ignore_index if valid_mask is None else valid_mask
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(valid, labels, 0))
     return jnp.where(valid, ce, 0.0)
@@ -42,7 +46,9 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: in
 LOSSES = {"stablemax_cross_entropy": stablemax_cross_entropy, "softmax_cross_entropy": softmax_cross_entropy}
 
 
-def act_loss(logits_BxLxV, q_halt_B, q_continue_B, labels_BxL, halted_B, steps_B, loss_type: str, target_q_continue_B=None):
+def act_loss(
+    logits_BxLxV, q_halt_B, q_continue_B, labels_BxL, halted_B, steps_B, loss_type: str, target_q_continue_B=None
+):
     """Official ACTLossHead: returns (total loss summed over the batch, metric sums).
 
     lm loss is normalised per sequence by its number of valid labels; the Q-halt head learns

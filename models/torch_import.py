@@ -12,7 +12,8 @@ weights are [out, in] in PyTorch and [in, out] here; embeddings keep their layou
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from flax import traverse_util

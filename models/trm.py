@@ -9,15 +9,16 @@ cycle without gradient (the official 1-step gradient).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
+from models.config import ArchConfig
 from models.layers import Block, CastedEmbedding, CastedLinear, rope_tables, trunc_normal
-from training.config import ArchConfig
 
 # Official learned-position scale: the literal, not exactly 1/sqrt(2).
 _LEARNED_POS_SCALE = 0.707106781
@@ -70,7 +71,9 @@ class ReasoningModule(nn.Module):
 
     def setup(self):
         a = self.arch
-        self.layers = [Block(a.num_heads, a.expansion, a.mlp_t, a.rms_norm_eps, self.attention_impl) for _ in range(a.L_layers)]
+        self.layers = [
+            Block(a.num_heads, a.expansion, a.mlp_t, a.rms_norm_eps, self.attention_impl) for _ in range(a.L_layers)
+        ]
 
     def __call__(self, z_BxSxD, injection_BxSxD, rope):
         z_BxSxD = z_BxSxD + injection_BxSxD
@@ -100,10 +103,16 @@ class TRMInner(nn.Module):
             self.embed_pos = CastedEmbedding(self.total_len, D, std, self.dtype)
         self.L_level = ReasoningModule(a, self.attention_impl)
         self.lm_head = CastedLinear(self.dims.vocab_size)
-        self.q_head = CastedLinear(2, use_bias=True, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.constant(-5.0))
+        self.q_head = CastedLinear(
+            2, use_bias=True, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.constant(-5.0)
+        )
         # Stored in the compute dtype, like the official bf16 buffers.
-        self.H_init = self.variable("buffers", "H_init", lambda: trunc_normal(1.0)(self.make_rng("params"), (D,)).astype(self.dtype))
-        self.L_init = self.variable("buffers", "L_init", lambda: trunc_normal(1.0)(self.make_rng("params"), (D,)).astype(self.dtype))
+        self.H_init = self.variable(
+            "buffers", "H_init", lambda: trunc_normal(1.0)(self.make_rng("params"), (D,)).astype(self.dtype)
+        )
+        self.L_init = self.variable(
+            "buffers", "L_init", lambda: trunc_normal(1.0)(self.make_rng("params"), (D,)).astype(self.dtype)
+        )
 
     def rope(self):
         if self.arch.pos_encodings != "rope":
@@ -127,7 +136,7 @@ class TRMInner(nn.Module):
 
     def heads(self, z_H_BxSxD):
         """LM logits over the token positions; (q_halt, q_continue) from the first position."""
-        logits = self.lm_head(z_H_BxSxD)[:, puzzle_prefix_len(self.arch):]
+        logits = self.lm_head(z_H_BxSxD)[:, puzzle_prefix_len(self.arch) :]
         q = self.q_head(z_H_BxSxD[:, 0]).astype(jnp.float32)
         return logits, q[..., 0], q[..., 1]
 

@@ -33,9 +33,10 @@ import jax
 import numpy as np
 
 from models.act import initial_carry
+from models.config import ArchConfig
 from models.layers import swiglu_width
 from models.trm import ModelDims, build_model, num_parameters, puzzle_prefix_len
-from training.config import ArchConfig, compose, validate
+from training.config import compose, validate
 from training.optimizers import build_optimizer
 from training.sharding import global_batch, make_shardings
 from training.state import create_train_state
@@ -43,9 +44,18 @@ from training.step import make_train_step
 
 # The paper's architecture, written out so that a change of the base config's defaults does not
 # silently change what a benchmark measures.
-_PAPER_ARCH = ["arch.hidden_size=512", "arch.num_heads=8", "arch.expansion=4", "arch.L_layers=2", "arch.H_cycles=3",
-               "arch.L_cycles=6", "arch.halt_max_steps=16", "arch.puzzle_emb_len=16", "arch.forward_dtype=bfloat16",
-               "arch.no_ACT_continue=true"]
+_PAPER_ARCH = [
+    "arch.hidden_size=512",
+    "arch.num_heads=8",
+    "arch.expansion=4",
+    "arch.L_layers=2",
+    "arch.H_cycles=3",
+    "arch.L_cycles=6",
+    "arch.halt_max_steps=16",
+    "arch.puzzle_emb_len=16",
+    "arch.forward_dtype=bfloat16",
+    "arch.no_ACT_continue=true",
+]
 
 
 class Preset(NamedTuple):
@@ -68,8 +78,12 @@ DEFAULT_BATCH, TINY_BATCH = 768, 4
 def build_config(preset: str, batch_size: int | None, tiny: bool, overrides: list[str]):
     """The validated config: preset, then --tiny, then batch size, then the user's overrides."""
     batch_size = batch_size or (TINY_BATCH if tiny else DEFAULT_BATCH)
-    return validate(compose("cfg_pretrain", [*PRESETS[preset].overrides, *(TINY if tiny else []),
-                                             f"global_batch_size={batch_size}", *overrides]))
+    return validate(
+        compose(
+            "cfg_pretrain",
+            [*PRESETS[preset].overrides, *(TINY if tiny else []), f"global_batch_size={batch_size}", *overrides],
+        )
+    )
 
 
 def swiglu_matmul_params(width: int, expansion: float) -> int:
@@ -131,7 +145,9 @@ def run(cfg, dims: ModelDims, steps: int, warmup: int) -> dict:
     model = build_model(cfg.arch, dims)
     total_steps = warmup + steps
     tx = build_optimizer(cfg, total_steps)
-    state = jax.jit(lambda: create_train_state(cfg, model, tx, dims.num_puzzle_identifiers), out_shardings=sh.replicated)()
+    state = jax.jit(
+        lambda: create_train_state(cfg, model, tx, dims.num_puzzle_identifiers), out_shardings=sh.replicated
+    )()
     carry = jax.jit(lambda: initial_carry(model, cfg.global_batch_size), out_shardings=sh.rows)()
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     carry_sharding = jax.tree.map(lambda x: x.sharding, carry)
@@ -154,9 +170,14 @@ def run(cfg, dims: ModelDims, steps: int, warmup: int) -> dict:
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     ms = 1e3 * np.asarray(times)
-    return {"compile_s": compile_s, "ms_per_step": float(np.median(ms)), "ms_p10": float(np.percentile(ms, 10)),
-            "ms_p90": float(np.percentile(ms, 90)), "xla_flops_per_step": xla_flops(compiled),
-            "peak_memory_bytes": peak_memory_bytes()}
+    return {
+        "compile_s": compile_s,
+        "ms_per_step": float(np.median(ms)),
+        "ms_p10": float(np.percentile(ms, 10)),
+        "ms_p90": float(np.percentile(ms, 90)),
+        "xla_flops_per_step": xla_flops(compiled),
+        "peak_memory_bytes": peak_memory_bytes(),
+    }
 
 
 def benchmark(args) -> dict:
@@ -167,34 +188,68 @@ def benchmark(args) -> dict:
     flops = analytic_flops(a, dims, B, a.H_cycles, a.L_cycles)
     peak = args.peak_tflops * 1e12
     device = jax.devices()[0]
-    params = num_parameters(a, vocab_size=dims.vocab_size, seq_len=dims.seq_len, num_puzzle_identifiers=dims.num_puzzle_identifiers)
+    params = num_parameters(
+        a, vocab_size=dims.vocab_size, seq_len=dims.seq_len, num_puzzle_identifiers=dims.num_puzzle_identifiers
+    )
     return {
-        "preset": args.preset, "tiny": args.tiny, "overrides": args.override,
-        "device": f"{device.platform}: {device.device_kind}", "num_devices": jax.device_count(),
-        "global_batch_size": B, "hidden_size": a.hidden_size, "num_heads": a.num_heads, "expansion": a.expansion,
-        "L_layers": a.L_layers, "H_cycles": a.H_cycles, "L_cycles": a.L_cycles, "mlp_t": a.mlp_t,
-        "no_ACT_continue": a.no_ACT_continue, "seq_len": dims.seq_len, "total_len": dims.seq_len + puzzle_prefix_len(a),
-        "vocab_size": dims.vocab_size, "forward_dtype": a.forward_dtype, "num_params": params["model"],
-        "steps": args.steps, "warmup": args.warmup, **timing,
+        "preset": args.preset,
+        "tiny": args.tiny,
+        "overrides": args.override,
+        "device": f"{device.platform}: {device.device_kind}",
+        "num_devices": jax.device_count(),
+        "global_batch_size": B,
+        "hidden_size": a.hidden_size,
+        "num_heads": a.num_heads,
+        "expansion": a.expansion,
+        "L_layers": a.L_layers,
+        "H_cycles": a.H_cycles,
+        "L_cycles": a.L_cycles,
+        "mlp_t": a.mlp_t,
+        "no_ACT_continue": a.no_ACT_continue,
+        "seq_len": dims.seq_len,
+        "total_len": dims.seq_len + puzzle_prefix_len(a),
+        "vocab_size": dims.vocab_size,
+        "forward_dtype": a.forward_dtype,
+        "num_params": params["model"],
+        "steps": args.steps,
+        "warmup": args.warmup,
+        **timing,
         "examples_per_s": B / (timing["ms_per_step"] / 1e3),
-        "flops_per_step": flops["total"], "flops_forward": flops["forward"], "flops_backward": flops["backward"],
-        "peak_tflops": args.peak_tflops, "floor_ms": flops["total"] / peak * 1e3,
+        "flops_per_step": flops["total"],
+        "flops_forward": flops["forward"],
+        "flops_backward": flops["backward"],
+        "peak_tflops": args.peak_tflops,
+        "floor_ms": flops["total"] / peak * 1e3,
         "mfu": flops["total"] / (timing["ms_per_step"] / 1e3) / peak,
-        "memory_note": None if timing["peak_memory_bytes"] is not None else "device.memory_stats() has no peak_bytes_in_use on this backend",
+        "memory_note": None
+        if timing["peak_memory_bytes"] is not None
+        else "device.memory_stats() has no peak_bytes_in_use on this backend",
     }
 
 
 def table(r: dict) -> str:
-    mem = f"{r['peak_memory_bytes'] / 2**30:.2f} GiB" if r["peak_memory_bytes"] is not None else f"n/a ({r['memory_note']})"
+    mem = (
+        f"{r['peak_memory_bytes'] / 2**30:.2f} GiB"
+        if r["peak_memory_bytes"] is not None
+        else f"n/a ({r['memory_note']})"
+    )
     xla = f"{r['xla_flops_per_step']:.4g}" if r["xla_flops_per_step"] is not None else "n/a"
     rows = [
-        ("preset", f"{r['preset']}{' (tiny)' if r['tiny'] else ''}, batch {r['global_batch_size']}, hidden {r['hidden_size']}, "
-                   f"H{r['H_cycles']}xL{r['L_cycles']}x{r['L_layers']} layers, {r['forward_dtype']}"),
+        (
+            "preset",
+            f"{r['preset']}{' (tiny)' if r['tiny'] else ''}, batch {r['global_batch_size']}, "
+            f"hidden {r['hidden_size']}, "
+            f"H{r['H_cycles']}xL{r['L_cycles']}x{r['L_layers']} layers, {r['forward_dtype']}",
+        ),
         ("device", f"{r['device']} x{r['num_devices']}"),
         ("compile", f"{r['compile_s']:.2f} s"),
         ("ms/step", f"{r['ms_per_step']:.2f} (p10 {r['ms_p10']:.2f}, p90 {r['ms_p90']:.2f}) over {r['steps']} steps"),
         ("examples/s", f"{r['examples_per_s']:,.1f}"),
-        ("FLOPs/step", f"{r['flops_per_step']:.4g} analytic (fwd {r['flops_forward']:.4g}, bwd {r['flops_backward']:.4g}); XLA {xla}"),
+        (
+            "FLOPs/step",
+            f"{r['flops_per_step']:.4g} analytic (fwd {r['flops_forward']:.4g}, "
+            f"bwd {r['flops_backward']:.4g}); XLA {xla}",
+        ),
         ("floor", f"{r['floor_ms']:.3g} ms at {r['peak_tflops']:g} TFLOP/s"),
         ("MFU", f"{100 * r['mfu']:.3g}%"),
         ("peak memory", mem),

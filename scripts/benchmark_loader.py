@@ -1,6 +1,6 @@
 """Measure TrainSampler throughput (examples/s, one loading thread) on small self-built datasets.
 
-    python scripts/benchmark_loader.py [--batch-size 8192] [--seconds 3] [--json]
+python scripts/benchmark_loader.py [--batch-size 8192] [--seconds 3] [--json]
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ ARC_PREFIX = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data
 
 
 def throughput(data_path: str, batch_size: int, seconds: float) -> float:
-    sampler = TrainSampler(PuzzleDataset([data_path], "train"), batch_size, seed=0,
-                           process_index=0, process_count=1, prefetch=0)  # measure loading itself, no thread
+    sampler = TrainSampler(
+        PuzzleDataset([data_path], "train"), batch_size, seed=0, process_index=0, process_count=1, prefetch=0
+    )  # measure loading itself, no thread
     sampler.next_batch()  # warm the page cache and the first epoch plan
     start, examples = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
@@ -45,8 +46,20 @@ def main() -> None:
         results["sudoku_examples_per_s"] = throughput(sudoku, args.batch_size, args.seconds)
         arc = os.path.join(tmp, "arc")
         with contextlib.redirect_stdout(io.StringIO()):  # keep --json output parseable
-            build_arc(["--input-file-prefix", args.arc_prefix, "--output-dir", arc, "--subsets", "training",
-                       "--test-set-name", "none", "--num-aug", str(args.arc_num_aug)])
+            build_arc(
+                [
+                    "--input-file-prefix",
+                    args.arc_prefix,
+                    "--output-dir",
+                    arc,
+                    "--subsets",
+                    "training",
+                    "--test-set-name",
+                    "none",
+                    "--num-aug",
+                    str(args.arc_num_aug),
+                ]
+            )
         results["arc_examples_per_s"] = throughput(arc, args.batch_size, args.seconds)
     if args.json:
         print(json.dumps(results))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+
+from training.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCRIPT = REPO_ROOT / "pretrain_jax.py"
@@ -33,14 +34,9 @@ def _log(msg: str) -> None:
     print(f"[launch_local] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def process_env(base: dict[str, str], *, coordinator: str, num_processes: int, process_id: int,
-                devices_per_process: int) -> dict[str, str]:
+def process_env(
+    base: dict[str, str], *, coordinator: str, num_processes: int, process_id: int, devices_per_process: int
+) -> dict[str, str]:
     env = dict(base)
     xla_flags = f"{base.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices_per_process}"
     env.update(
@@ -95,9 +91,16 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return "".join(deque(f, maxlen=lines))
 
 
-def launch(num_processes: int, args: list[str], *, devices_per_process: int = 1,
-           timeout: float | None = None, log_dir: str | os.PathLike | None = None,
-           script: str | os.PathLike = DEFAULT_SCRIPT, grace: float = 5.0) -> int:
+def launch(
+    num_processes: int,
+    args: list[str],
+    *,
+    devices_per_process: int = 1,
+    timeout: float | None = None,
+    log_dir: str | os.PathLike | None = None,
+    script: str | os.PathLike = DEFAULT_SCRIPT,
+    grace: float = 5.0,
+) -> int:
     """Run `python script *args` as `num_processes` JAX processes; return the group's exit code.
 
     0 if every process exits 0; otherwise the first failing process's code, or 124 on timeout.
@@ -107,8 +110,9 @@ def launch(num_processes: int, args: list[str], *, devices_per_process: int = 1,
     log_path = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="trm-launch-"))
     log_path.mkdir(parents=True, exist_ok=True)
     coordinator = f"127.0.0.1:{free_port()}"
-    _log(f"{num_processes} processes x {devices_per_process} CPU devices, coordinator {coordinator}, "
-         f"logs in {log_path}")
+    _log(
+        f"{num_processes} processes x {devices_per_process} CPU devices, coordinator {coordinator}, logs in {log_path}"
+    )
 
     procs: list[subprocess.Popen] = []
     logs = [log_path / f"process_{i}.log" for i in range(num_processes)]
@@ -116,11 +120,18 @@ def launch(num_processes: int, args: list[str], *, devices_per_process: int = 1,
     tee = None
     try:
         for i in range(num_processes):
-            env = process_env(os.environ, coordinator=coordinator, num_processes=num_processes,
-                              process_id=i, devices_per_process=devices_per_process)
+            env = process_env(
+                os.environ,
+                coordinator=coordinator,
+                num_processes=num_processes,
+                process_id=i,
+                devices_per_process=devices_per_process,
+            )
             proc = subprocess.Popen(
-                [sys.executable, str(script), *args], env=env,
-                stdout=subprocess.PIPE if i == 0 else files[i], stderr=subprocess.STDOUT,
+                [sys.executable, str(script), *args],
+                env=env,
+                stdout=subprocess.PIPE if i == 0 else files[i],
+                stderr=subprocess.STDOUT,
                 # Own process group per child, so stopping it also stops anything it spawned.
                 start_new_session=True,
             )
@@ -142,8 +153,10 @@ def launch(num_processes: int, args: list[str], *, devices_per_process: int = 1,
         _log(f"timeout after {timeout:g}s; stopped all processes")
         return TIMEOUT_EXIT_CODE
     code = _exit_code(procs[failed].returncode)
-    _log(f"process {failed} exited with code {code}; stopped the others. "
-         f"Last lines of {logs[failed]}:\n{_tail(logs[failed])}")
+    _log(
+        f"process {failed} exited with code {code}; stopped the others. "
+        f"Last lines of {logs[failed]}:\n{_tail(logs[failed])}"
+    )
     return code
 
 
@@ -169,7 +182,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Split at the first `--`: launcher options before it, the script's arguments after."""
     if "--" in argv:
         split = argv.index("--")
-        own, script_args = argv[:split], argv[split + 1:]
+        own, script_args = argv[:split], argv[split + 1 :]
     else:
         own, script_args = argv, []
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -189,8 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _on_sigterm)
-    return launch(opts.num_processes, script_args, devices_per_process=opts.devices_per_process,
-                  timeout=opts.timeout, log_dir=opts.log_dir, script=opts.script)
+    return launch(
+        opts.num_processes,
+        script_args,
+        devices_per_process=opts.devices_per_process,
+        timeout=opts.timeout,
+        log_dir=opts.log_dir,
+        script=opts.script,
+    )
 
 
 if __name__ == "__main__":

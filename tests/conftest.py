@@ -8,18 +8,24 @@ tests start (e.g. through scripts/launch_local.py) inherit it.
 from __future__ import annotations
 
 import os
-import socket
+from pathlib import Path
 
 import pytest
 
+from tests.pretrain_runs import (
+    assert_ok,
+    eval_row,
+    launcher_cmd,
+    losses,
+    pretrain_cmd,
+    restore,
+    run,
+    run_env,
+    train_args,
+)
+from training.ports import free_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-GCS_EMULATOR_PORT = _free_port()
+GCS_EMULATOR_PORT = free_port()
 GCS_EMULATOR_URL = f"http://127.0.0.1:{GCS_EMULATOR_PORT}"
 GCS_TEST_BUCKET = "trm-test"
 
@@ -41,7 +47,9 @@ os.environ.update(
 
 
 # Repeated runs of the same program (a run, then its resume) skip XLA compilation.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".pytest_cache", "jax"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".pytest_cache", "jax")
+)
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +78,65 @@ def gcs_emulator():
     finally:
         server.stop()
         objects.download = download
+
+
+# End-to-end runs shared by the resume, fault and multi-host tests (helpers in pretrain_runs.py).
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> str:
+    """The quickstart dataset (train and test splits), generated once per session."""
+    from dataset.quickstart import ensure_quickstart_dataset
+
+    path = str(tmp_path_factory.mktemp("data") / "qs")
+    ensure_quickstart_dataset(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("jax-compilation-cache"))
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, data, compile_cache) -> dict:
+    """One uninterrupted single-process, single-device run of TINY, checkpointing every 2 steps:
+    the run every other run of the same global batch is compared with."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    proc = run(
+        pretrain_cmd(train_args(data, run_dir, "checkpoint_every_steps=2")),
+        run_env(compile_cache),
+        run_dir / "log.txt",
+        timeout=120,
+    )
+    assert_ok(proc)
+    state, carry, step = restore(str(run_dir / "checkpoints"))
+    return {
+        "run_dir": run_dir,
+        "ckpt_dir": str(run_dir / "checkpoints"),
+        "state": state,
+        "carry": carry,
+        "step": step,
+        "losses": losses(run_dir),
+        "eval": eval_row(run_dir),
+    }
+
+
+@pytest.fixture(scope="session")
+def launched(tmp_path_factory, data, compile_cache):
+    """launched(num_processes, devices_per_process) -> run_dir of an uninterrupted TINY run over
+    launch_local, run once per layout and session."""
+    runs: dict[tuple[int, int], Path] = {}
+
+    def get(num_processes: int, devices_per_process: int) -> Path:
+        key = (num_processes, devices_per_process)
+        if key not in runs:
+            root = tmp_path_factory.mktemp(f"launched_{num_processes}x{devices_per_process}")
+            cmd = launcher_cmd(
+                num_processes, devices_per_process, train_args(data, root / "run"), root / "logs", timeout=200
+            )
+            assert_ok(run(cmd, run_env(compile_cache), root / "launcher.txt", timeout=220))
+            runs[key] = root / "run"
+        return runs[key]
+
+    return get

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "scripts" / "launch_local.py"
@@ -28,24 +27,17 @@ LAUNCHER = REPO / "scripts" / "launch_local.py"
 # 20 steps: long enough that a signal sent after step 2 lands before the run ends, while
 # compilation, not the steps, still dominates the time.
 TINY = [
-    "arch.hidden_size=32", "arch.num_heads=2", "arch.L_layers=1", "arch.H_cycles=1", "arch.L_cycles=2",
-    "arch.halt_max_steps=2", "global_batch_size=16", "max_steps=20", "log_every_steps=1", "max_to_keep=30",
+    "arch.hidden_size=32",
+    "arch.num_heads=2",
+    "arch.L_layers=1",
+    "arch.H_cycles=1",
+    "arch.L_cycles=2",
+    "arch.halt_max_steps=2",
+    "global_batch_size=16",
+    "max_steps=20",
+    "log_every_steps=1",
+    "max_to_keep=30",
 ]
-
-
-@pytest.fixture(scope="session")
-def data(tmp_path_factory) -> str:
-    """The quickstart dataset (train and test splits), generated once per session."""
-    from dataset.quickstart import ensure_quickstart_dataset
-
-    path = str(tmp_path_factory.mktemp("data") / "qs")
-    ensure_quickstart_dataset(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def compile_cache(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("jax-compilation-cache"))
 
 
 def run_env(compile_cache: str, **extra: str) -> dict[str, str]:
@@ -71,9 +63,23 @@ def pretrain_cmd(args: list[str]) -> list[str]:
     return [sys.executable, str(REPO / "pretrain_jax.py"), *args]
 
 
-def launcher_cmd(num_processes: int, devices_per_process: int, args: list[str], log_dir: Path, timeout: float) -> list[str]:
-    return [sys.executable, str(LAUNCHER), "--num-processes", str(num_processes), "--devices-per-process",
-            str(devices_per_process), "--timeout", str(timeout), "--log-dir", str(log_dir), "--", *args]
+def launcher_cmd(
+    num_processes: int, devices_per_process: int, args: list[str], log_dir: Path, timeout: float
+) -> list[str]:
+    return [
+        sys.executable,
+        str(LAUNCHER),
+        "--num-processes",
+        str(num_processes),
+        "--devices-per-process",
+        str(devices_per_process),
+        "--timeout",
+        str(timeout),
+        "--log-dir",
+        str(log_dir),
+        "--",
+        *args,
+    ]
 
 
 def run(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> subprocess.CompletedProcess:
@@ -182,7 +188,7 @@ def assert_trees_equal(a, b) -> None:
     la, ta = jax.tree.flatten_with_path(a)
     lb, tb = jax.tree.flatten_with_path(b)
     assert ta == tb
-    for (path, x), (_, y) in zip(la, lb):
+    for (path, x), (_, y) in zip(la, lb, strict=False):
         assert x.dtype == y.dtype and x.shape == y.shape, jax.tree_util.keystr(path)
         assert x.tobytes() == y.tobytes(), f"{jax.tree_util.keystr(path)} differs"
 
@@ -193,7 +199,7 @@ def assert_trees_close(a, b, rtol: float, atol: float) -> None:
     la, ta = jax.tree.flatten_with_path(a)
     lb, tb = jax.tree.flatten_with_path(b)
     assert ta == tb
-    for (path, x), (_, y) in zip(la, lb):
+    for (path, x), (_, y) in zip(la, lb, strict=False):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
@@ -207,34 +213,3 @@ def assert_losses_close(got: dict[int, float], want: dict[int, float], rtol: flo
     assert sorted(got) == sorted(want), (sorted(got), sorted(want))
     for step in want:
         assert math.isclose(got[step], want[step], rel_tol=rtol), f"step {step}: {got[step]} vs {want[step]}"
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory, data, compile_cache) -> dict:
-    """One uninterrupted single-process, single-device run of TINY, checkpointing every 2 steps:
-    the run every other run of the same global batch is compared with."""
-    run_dir = tmp_path_factory.mktemp("reference")
-    proc = run(pretrain_cmd(train_args(data, run_dir, "checkpoint_every_steps=2")), run_env(compile_cache),
-               run_dir / "log.txt", timeout=120)
-    assert_ok(proc)
-    state, carry, step = restore(str(run_dir / "checkpoints"))
-    return {"run_dir": run_dir, "ckpt_dir": str(run_dir / "checkpoints"), "state": state, "carry": carry,
-            "step": step, "losses": losses(run_dir), "eval": eval_row(run_dir)}
-
-
-@pytest.fixture(scope="session")
-def launched(tmp_path_factory, data, compile_cache):
-    """launched(num_processes, devices_per_process) -> run_dir of an uninterrupted TINY run over
-    launch_local, run once per layout and session."""
-    runs: dict[tuple[int, int], Path] = {}
-
-    def get(num_processes: int, devices_per_process: int) -> Path:
-        key = (num_processes, devices_per_process)
-        if key not in runs:
-            root = tmp_path_factory.mktemp(f"launched_{num_processes}x{devices_per_process}")
-            cmd = launcher_cmd(num_processes, devices_per_process, train_args(data, root / "run"), root / "logs", timeout=200)
-            assert_ok(run(cmd, run_env(compile_cache), root / "launcher.txt", timeout=220))
-            runs[key] = root / "run"
-        return runs[key]
-
-    return get

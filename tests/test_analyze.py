@@ -26,8 +26,15 @@ def law(x: float, x_min: float, acc_at_min: float = 0.2) -> tuple[float, float]:
     return A - b * x**-C, b
 
 
-def write_run(root: Path, name: str, exact: float, *, params: int = 1_000_000, finished: bool = True,
-              halt_hist: list[int] | None = None) -> Path:
+def write_run(
+    root: Path,
+    name: str,
+    exact: float,
+    *,
+    params: int = 1_000_000,
+    finished: bool = True,
+    halt_hist: list[int] | None = None,
+) -> Path:
     exp = BY_NAME[name]
     run_dir = root / exp.group / name
     run_dir.mkdir(parents=True)
@@ -36,18 +43,34 @@ def write_run(root: Path, name: str, exact: float, *, params: int = 1_000_000, f
     halt = halt_hist or [0] * (config["arch"]["halt_max_steps"] - 1) + [10]
     lines = []
     for step in (10, 20, 30):
-        lines.append({"step": step, "epoch": step / 10, "train/lm_loss": 1.0 / step, "train/accuracy": 0.5,
-                      "train/exact_accuracy": exact * step / 30, "train/examples_per_sec": 100.0 + step,
-                      "train/halt_step_hist": halt})
-    evals = [{"step": 15, "eval/all/exact_accuracy": exact / 2, "eval/all/accuracy": 0.6},
-             {"step": 30, "eval/all/exact_accuracy": exact, "eval/all/accuracy": 0.7,
-              "eval/all/halt_step_hist": halt}]
+        lines.append(
+            {
+                "step": step,
+                "epoch": step / 10,
+                "train/lm_loss": 1.0 / step,
+                "train/accuracy": 0.5,
+                "train/exact_accuracy": exact * step / 30,
+                "train/examples_per_sec": 100.0 + step,
+                "train/halt_step_hist": halt,
+            }
+        )
+    evals = [
+        {"step": 15, "eval/all/exact_accuracy": exact / 2, "eval/all/accuracy": 0.6},
+        {"step": 30, "eval/all/exact_accuracy": exact, "eval/all/accuracy": 0.7, "eval/all/halt_step_hist": halt},
+    ]
     lines[1:1] = evals[:1]
     lines.append(evals[1])
-    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n{\"step\": 3")
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + '\n{"step": 3')
     if finished:
-        summary = {"status": "completed", "step": 30, "total_steps": 30, "num_params": params,
-                   "final_metrics": evals[1], "wall_time_s": 12.0, "peak_memory_bytes": None}
+        summary = {
+            "status": "completed",
+            "step": 30,
+            "total_steps": 30,
+            "num_params": params,
+            "final_metrics": evals[1],
+            "wall_time_s": 12.0,
+            "peak_memory_bytes": None,
+        }
         (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
 
@@ -56,7 +79,7 @@ def report_fit(report: str, group: str) -> dict[str, float]:
     section = report.split(f"## {group}\n", 1)[1].split("\n## ", 1)[0]
     m = re.search(r"a = ([-\d.e+]+), b = ([-\d.e+]+), c = ([-\d.e+]+)", section)
     assert m, section
-    return dict(zip("abc", map(float, m.groups())))
+    return dict(zip("abc", map(float, m.groups()), strict=False))
 
 
 def test_fit_recovers_the_law():
@@ -81,7 +104,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     out = tmp_path_factory.mktemp("reports")
     params = [int(p) for p in np.geomspace(1.5e6, 6e7, 6)]
-    for name, p in zip(["exp01a", "exp01b", "exp01c", "exp01d", "exp01e", "exp01f"], params):
+    for name, p in zip(["exp01a", "exp01b", "exp01c", "exp01d", "exp01e", "exp01f"], params, strict=False):
         write_run(root, name, law(p, params[0])[0], params=p)
     puzzles = [100, 250, 500, 1000, 2000, 5000]
     for n in puzzles:

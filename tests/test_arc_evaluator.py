@@ -13,8 +13,21 @@ from tests.arc_fixtures import write_tiny_arc
 def arc_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("arc_eval")
     write_tiny_arc(str(root / "arc"), (("training", 1), ("evaluation", 3)))
-    build_arc(["--input-file-prefix", str(root / "arc"), "--output-dir", str(root / "out"),
-               "--subsets", "training", "evaluation", "--test-set-name", "evaluation", "--num-aug", "4"])
+    build_arc(
+        [
+            "--input-file-prefix",
+            str(root / "arc"),
+            "--output-dir",
+            str(root / "out"),
+            "--subsets",
+            "training",
+            "evaluation",
+            "--test-set-name",
+            "evaluation",
+            "--num-aug",
+            "4",
+        ]
+    )
     return str(root / "out")
 
 
@@ -49,6 +62,7 @@ def test_random_predictions_score_near_zero(arc_data):
 
 def test_votes_rank_majority_first(arc_data):
     """Oracle on all but one augmented copy per batch, noise elsewhere: the majority answer still wins."""
+
     def mostly_oracle(batch, rng):
         preds = _oracle(batch, rng)
         preds[0] = rng.integers(2, 12, preds.shape[1])
@@ -92,7 +106,9 @@ def test_two_processes_gather_every_prediction(arc_data, tmp_path, capfd):
     spec.loader.exec_module(launch_local)
     script = tmp_path / "worker.py"
     script.write_text(_MULTIPROCESS_WORKER)
-    code = launch_local.launch(2, [arc_data], devices_per_process=1, timeout=150, log_dir=tmp_path / "logs", script=script)
+    code = launch_local.launch(
+        2, [arc_data], devices_per_process=1, timeout=150, log_dir=tmp_path / "logs", script=script
+    )
     out = capfd.readouterr().out
     assert code == 0, out + (tmp_path / "logs" / "process_1.log").read_text()
     assert 'RESULT 0 {"ARC/pass@1": 1.0, "ARC/pass@2": 1.0, "ARC/pass@5": 1.0}' in out

@@ -37,9 +37,25 @@ ATTENTION_MIXING = 2 * B * S * 4 * D * D + 4 * B * S * S * D
 def test_tiny_cpu_run_reports_consistent_values(tmp_path):
     out = tmp_path / "bench.json"
     # The subprocess inherits conftest's XLA_FLAGS (unoptimised CPU code compiles twice as fast).
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "sudoku-mlp-t", "--tiny", "--steps", "3",
-                           "--warmup", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--preset",
+            "sudoku-mlp-t",
+            "--tiny",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ms/step" in proc.stdout
     r = json.loads(out.read_text())
@@ -81,5 +97,7 @@ def test_paper_presets_match_the_official_floor_ratio():
     for preset in ("sudoku-mlp-t", "sudoku-att"):
         cfg = benchmark.build_config(preset, 768, False, [])
         a = cfg.arch
-        floors[preset] = benchmark.analytic_flops(a, benchmark.PRESETS[preset].dims, 768, a.H_cycles, a.L_cycles)["total"]
+        floors[preset] = benchmark.analytic_flops(a, benchmark.PRESETS[preset].dims, 768, a.H_cycles, a.L_cycles)[
+            "total"
+        ]
     assert floors["sudoku-att"] / floors["sudoku-mlp-t"] == pytest.approx(49.9 / 44.8, rel=2e-3)

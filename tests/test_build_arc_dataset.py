@@ -12,14 +12,31 @@ from tests.arc_fixtures import write_tiny_arc
 def arc_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("arc")
     write_tiny_arc(str(root / "arc"))
-    main(["--input-file-prefix", str(root / "arc"), "--output-dir", str(root / "out"),
-          "--subsets", "training", "evaluation", "--test-set-name", "evaluation", "--num-aug", "3", "--seed", "0"])
+    main(
+        [
+            "--input-file-prefix",
+            str(root / "arc"),
+            "--output-dir",
+            str(root / "out"),
+            "--subsets",
+            "training",
+            "evaluation",
+            "--test-set-name",
+            "evaluation",
+            "--num-aug",
+            "3",
+            "--seed",
+            "0",
+        ]
+    )
     return root
 
 
 def _load(root, split):
-    return {f: np.load(root / "out" / split / f"all__{f}.npy")
-            for f in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")}
+    return {
+        f: np.load(root / "out" / split / f"all__{f}.npy")
+        for f in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+    }
 
 
 @pytest.mark.parametrize("tid", range(8))
@@ -83,4 +100,13 @@ def test_train_split_is_translated_and_eos_bordered(arc_dir):
 
 def test_missing_input_file_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="challenges.json not found"):
-        main(["--input-file-prefix", str(tmp_path / "none"), "--output-dir", str(tmp_path / "o"), "--subsets", "training"])
+        main(
+            [
+                "--input-file-prefix",
+                str(tmp_path / "none"),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--subsets",
+                "training",
+            ]
+        )

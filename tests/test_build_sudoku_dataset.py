@@ -21,7 +21,7 @@ def source(tmp_path_factory):
 def test_generated_puzzles_are_unique_hard_and_rated(source):
     q, a = load_split(str(source / "train.csv"), None)
     assert len(q) == 3 and len(invalid_rows(q, a, 3)) == 0
-    for puzzle, solution in zip(q, a):
+    for puzzle, solution in zip(q, a, strict=False):
         result = solve(puzzle, limit=2)
         assert result.count == 1 and np.array_equal(result.solution, solution)
         assert rating(puzzle) >= 1  # needs search beyond singles propagation
@@ -118,14 +118,21 @@ def test_build_from_gs_source(source, tmp_path, gcs_emulator):
     build(f"gs://{remote}", str(tmp_path / "gs"), seed=0)
     build(str(source), str(tmp_path / "local"), seed=0)
     for split in ("train", "test"):
-        assert np.array_equal(np.load(tmp_path / "gs" / split / "all__inputs.npy"),
-                              np.load(tmp_path / "local" / split / "all__inputs.npy"))
+        assert np.array_equal(
+            np.load(tmp_path / "gs" / split / "all__inputs.npy"),
+            np.load(tmp_path / "local" / split / "all__inputs.npy"),
+        )
 
 
 def test_cli_help():
     for args in ([], ["generate"]):
-        out = subprocess.run([sys.executable, "dataset/build_sudoku_dataset.py", *args, "--help"],
-                             capture_output=True, text=True, check=True, cwd=_repo_root())
+        out = subprocess.run(
+            [sys.executable, "dataset/build_sudoku_dataset.py", *args, "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=_repo_root(),
+        )
         assert "--output-dir" in out.stdout
 
 

@@ -13,8 +13,13 @@ FIXTURES = REPO.parent / "shared" / "fixtures" / "trm_reference"
 
 
 def _run(*dirs):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "check_parity.py"), *map(str, dirs)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "check_parity.py"), *map(str, dirs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
 
 
 @pytest.mark.timeout(300)
@@ -24,8 +29,15 @@ def test_shipped_fixtures_pass():
     summary = out.stdout.strip().splitlines()[-1]
     assert summary.endswith(" 0 failed"), summary
     # Every case of the folder was compared, including gradients and teacher-forced steps.
-    for needle in ("mlp_t:grad/", "att_rope:train/3[teacher-forced]/z_H", "att_learned:eval/4[chained]/logits",
-                   "adam_atan2:param/4", "signsgd:table_after", "stablemax:grad_logits", "lr_schedule:lr/min_ratio_0.1"):
+    for needle in (
+        "mlp_t:grad/",
+        "att_rope:train/3[teacher-forced]/z_H",
+        "att_learned:eval/4[chained]/logits",
+        "adam_atan2:param/4",
+        "signsgd:table_after",
+        "stablemax:grad_logits",
+        "lr_schedule:lr/min_ratio_0.1",
+    ):
         assert needle in out.stdout
 
 

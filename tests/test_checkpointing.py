@@ -7,8 +7,18 @@ import shutil
 
 import pytest
 
-from tests.pretrain_runs import (assert_ok, assert_trees_equal, checkpoint_steps, compile_cache, data,  # noqa: F401
-                                 losses, pretrain_cmd, reference, restore, run, run_env, tail, train_args)
+from tests.pretrain_runs import (
+    assert_ok,
+    assert_trees_equal,
+    checkpoint_steps,
+    losses,
+    pretrain_cmd,
+    restore,
+    run,
+    run_env,
+    tail,
+    train_args,
+)
 
 
 def damage(step_dir, how: str) -> None:
@@ -33,8 +43,12 @@ def test_broken_newest_step_falls_back_to_the_previous_one(tmp_path, data, compi
     newest, previous = steps[-1], steps[-2]
     damage(ckpt_dir / str(newest), how)
 
-    proc = run(pretrain_cmd(train_args(data, run_dir, "checkpoint_every_steps=2")), run_env(compile_cache),
-               tmp_path / "log.txt", timeout=100)
+    proc = run(
+        pretrain_cmd(train_args(data, run_dir, "checkpoint_every_steps=2")),
+        run_env(compile_cache),
+        tmp_path / "log.txt",
+        timeout=100,
+    )
     assert_ok(proc)
     assert f"checkpoint step {newest} in {ckpt_dir} is unreadable" in proc.output, tail(proc.output)
     assert f"resumed from {ckpt_dir} step {previous}" in proc.output
@@ -53,8 +67,12 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path, data, compile_c
     shutil.copytree(reference["run_dir"], run_dir)
     steps = checkpoint_steps(str(run_dir / "checkpoints"))
 
-    proc = run(pretrain_cmd(train_args(data, run_dir, "arch.hidden_size=64")), run_env(compile_cache),
-               tmp_path / "log.txt", timeout=100)
+    proc = run(
+        pretrain_cmd(train_args(data, run_dir, "arch.hidden_size=64")),
+        run_env(compile_cache),
+        tmp_path / "log.txt",
+        timeout=100,
+    )
     assert proc.returncode != 0
     assert "different architecture" in proc.output and "'hidden_size': (32, 64)" in proc.output, tail(proc.output)
     assert "num_heads" not in proc.output.split("different architecture")[1].split("\n")[0]

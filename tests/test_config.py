@@ -26,15 +26,18 @@ def test_official_defaults():
     assert cfg.optimizer == "adam_atan2" and not cfg.ema
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["+arch.hiden_size=3"], "arch.hiden_size: unknown key"),
-    (["lr=fast"], "lr: Input should be a valid number"),
-    (["arch.num_heads=3"], "not divisible by num_heads=3"),
-    (["arch.halt_exploration_prob=1.5"], "must be a probability"),
-    (["global_batch_size=10", "grad_accum_steps=4"], "not divisible by grad_accum_steps=4"),
-    (["epochs=25", "eval_interval=10"], "multiple of eval_interval"),
-    (["optimizer=sgd"], "optimizer: Input should be 'adam_atan2', 'adamw' or 'lion'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["+arch.hiden_size=3"], "arch.hiden_size: unknown key"),
+        (["lr=fast"], "lr: Input should be a valid number"),
+        (["arch.num_heads=3"], "not divisible by num_heads=3"),
+        (["arch.halt_exploration_prob=1.5"], "must be a probability"),
+        (["global_batch_size=10", "grad_accum_steps=4"], "not divisible by grad_accum_steps=4"),
+        (["epochs=25", "eval_interval=10"], "multiple of eval_interval"),
+        (["optimizer=sgd"], "optimizer: Input should be 'adam_atan2', 'adamw' or 'lion'"),
+    ],
+)
 def test_invalid_values_are_explained(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate(compose("quickstart", overrides))

@@ -65,4 +65,3 @@ def test_orbax_checkpoint_manager_round_trip(gcs_emulator):
     restored = ocp.CheckpointManager(root).restore(3, args=ocp.args.StandardRestore(state))
     np.testing.assert_array_equal(restored["w"], np.arange(6.0) * 3)
     np.testing.assert_array_equal(restored["b"], np.full((2, 3), 3.0))
-

@@ -37,8 +37,15 @@ def test_dihedral_transforms_are_distinct():
 
 
 def test_write_split_dtypes_and_metadata(tmp_path):
-    meta = write_split(str(tmp_path), "train", {"all": _tiny_set()}, pad_id=0, ignore_label_id=0,
-                       vocab_size=5, num_puzzle_identifiers=1)
+    meta = write_split(
+        str(tmp_path),
+        "train",
+        {"all": _tiny_set()},
+        pad_id=0,
+        ignore_label_id=0,
+        vocab_size=5,
+        num_puzzle_identifiers=1,
+    )
     assert np.load(tmp_path / "train" / "all__inputs.npy").dtype == np.uint8
     assert np.load(tmp_path / "train" / "all__puzzle_indices.npy").dtype == np.int32
     on_disk = json.loads((tmp_path / "train" / "dataset.json").read_text())
@@ -48,13 +55,27 @@ def test_write_split_dtypes_and_metadata(tmp_path):
 
 def test_write_split_rejects_out_of_vocab_tokens(tmp_path):
     with pytest.raises(DatasetError, match="vocab_size"):
-        write_split(str(tmp_path), "train", {"all": _tiny_set()}, pad_id=0, ignore_label_id=0,
-                    vocab_size=3, num_puzzle_identifiers=1)
+        write_split(
+            str(tmp_path),
+            "train",
+            {"all": _tiny_set()},
+            pad_id=0,
+            ignore_label_id=0,
+            vocab_size=3,
+            num_puzzle_identifiers=1,
+        )
 
 
 def test_manifest_detects_corruption(tmp_path):
-    write_split(str(tmp_path), "train", {"all": _tiny_set()}, pad_id=0, ignore_label_id=0,
-                vocab_size=5, num_puzzle_identifiers=1)
+    write_split(
+        str(tmp_path),
+        "train",
+        {"all": _tiny_set()},
+        pad_id=0,
+        ignore_label_id=0,
+        vocab_size=5,
+        num_puzzle_identifiers=1,
+    )
     write_manifest(str(tmp_path), "test", {"seed": 0})
     verify_manifest(str(tmp_path))
     with open(os.path.join(tmp_path, "train", "dataset.json"), "a") as f:

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 
 import pytest
 
-from tests.pretrain_runs import (compile_cache, data, pretrain_cmd, run, run_env, start, tail,  # noqa: F401
-                                 train_args, wait_for_step)
+from tests.pretrain_runs import pretrain_cmd, run, run_env, start, tail, train_args, wait_for_step
+from training.ports import free_port
 
 HEARTBEAT_S = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_job(tmp_path, compile_cache, args_per_process: list[list[str]]) -> list[subprocess.Popen]:
@@ -28,8 +21,12 @@ def start_job(tmp_path, compile_cache, args_per_process: list[list[str]]) -> lis
     coordinator = f"127.0.0.1:{free_port()}"
     procs = []
     for i, args in enumerate(args_per_process):
-        env = run_env(compile_cache, TRM_COORDINATOR_ADDRESS=coordinator, TRM_NUM_PROCESSES=str(len(args_per_process)),
-                      TRM_PROCESS_ID=str(i))
+        env = run_env(
+            compile_cache,
+            TRM_COORDINATOR_ADDRESS=coordinator,
+            TRM_NUM_PROCESSES=str(len(args_per_process)),
+            TRM_PROCESS_ID=str(i),
+        )
         procs.append(start(pretrain_cmd(args), env, tmp_path / f"process_{i}.txt"))
     return procs
 
@@ -83,6 +80,8 @@ def test_survivor_of_a_killed_peer_exits_non_zero_in_bounded_time(tmp_path, data
 @pytest.mark.timeout(60)
 def test_global_batch_not_divisible_by_device_count_is_refused(tmp_path, data, compile_cache):
     env = run_env(compile_cache, XLA_FLAGS="--xla_force_host_platform_device_count=3")
-    proc = run(pretrain_cmd(train_args(data, tmp_path / "run", "global_batch_size=16")), env, tmp_path / "log.txt", timeout=50)
+    proc = run(
+        pretrain_cmd(train_args(data, tmp_path / "run", "global_batch_size=16")), env, tmp_path / "log.txt", timeout=50
+    )
     assert proc.returncode != 0
     assert "cannot be split over 3 devices" in proc.output and "multiple of 3" in proc.output, tail(proc.output)

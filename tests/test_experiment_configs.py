@@ -87,7 +87,11 @@ def test_study_rules(configs):
         if c["experiment_group"] == "exp04b":  # exp04b_<augmentations>, 1000 puzzles
             assert parse_dataset_path(c["data_paths"][0]) == (1000, int(name.split("_")[1]))
     assert configs["contrib01_curriculum"]["curriculum"] == {
-        "enabled": True, "start_L_cycles": 2, "start_H_cycles": 1, "epochs": 10000}
+        "enabled": True,
+        "start_L_cycles": 2,
+        "start_H_cycles": 1,
+        "epochs": 10000,
+    }
     assert configs["contrib02_adaptive"]["halt_exploration_schedule"] == {"enabled": True, "start": 0.3, "end": 0.05}
     assert configs["exp07c"]["arch"]["forward_dtype"] == "float16"
 
@@ -127,7 +131,10 @@ def test_smoke_run(name, tmp_path):
     run_dir = tmp_path / name
     proc = subprocess.run(
         [sys.executable, "pretrain_jax.py", "--config-name", name, "smoke.enabled=true", f"run_dir={run_dir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())

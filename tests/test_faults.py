@@ -7,8 +7,19 @@ import re
 
 import pytest
 
-from tests.pretrain_runs import (all_finite, assert_ok, assert_trees_equal, checkpoint_steps, compile_cache,  # noqa: F401
-                                 data, pretrain_cmd, restore, run, run_env, tail, train_args, train_rows)
+from tests.pretrain_runs import (
+    all_finite,
+    assert_ok,
+    assert_trees_equal,
+    checkpoint_steps,
+    pretrain_cmd,
+    restore,
+    run,
+    run_env,
+    tail,
+    train_args,
+    train_rows,
+)
 
 # A learning rate this large makes the first update blow the weights up to ~1e28, so the next
 # forward pass overflows float32: the loss is non-finite from the second step on.
@@ -19,7 +30,9 @@ EXPLODE = ["lr=1e30", "lr_warmup_steps=1", "checkpoint_every_steps=1"]
 @pytest.mark.timeout(150)
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data, compile_cache):
     run_dir = tmp_path / "run"
-    proc = run(pretrain_cmd(train_args(data, run_dir, *EXPLODE)), run_env(compile_cache), tmp_path / "log.txt", timeout=140)
+    proc = run(
+        pretrain_cmd(train_args(data, run_dir, *EXPLODE)), run_env(compile_cache), tmp_path / "log.txt", timeout=140
+    )
     assert proc.returncode != 0
     found = re.search(r"NonFiniteLossError: non-finite loss at step (\d+)", proc.output)
     assert found, tail(proc.output)
@@ -45,8 +58,12 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 @pytest.mark.timeout(150)
 def test_non_finite_loss_skip_continues_and_counts_skipped_steps(tmp_path, data, compile_cache):
     run_dir = tmp_path / "run"
-    proc = run(pretrain_cmd(train_args(data, run_dir, *EXPLODE, "nonfinite_loss=skip")), run_env(compile_cache),
-               tmp_path / "log.txt", timeout=140)
+    proc = run(
+        pretrain_cmd(train_args(data, run_dir, *EXPLODE, "nonfinite_loss=skip")),
+        run_env(compile_cache),
+        tmp_path / "log.txt",
+        timeout=140,
+    )
     assert_ok(proc)
     rows = train_rows(run_dir)
     assert (run_dir / "summary.json").exists()
@@ -67,8 +84,12 @@ def test_non_finite_loss_skip_continues_and_counts_skipped_steps(tmp_path, data,
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_unknown_key_and_wrong_type_are_named(tmp_path, data, compile_cache):
-    proc = run(pretrain_cmd(train_args(data, tmp_path / "run", "+arch.hidden_sise=32", "global_batch_size=sixteen")),
-               run_env(compile_cache), tmp_path / "log.txt", timeout=50)
+    proc = run(
+        pretrain_cmd(train_args(data, tmp_path / "run", "+arch.hidden_sise=32", "global_batch_size=sixteen")),
+        run_env(compile_cache),
+        tmp_path / "log.txt",
+        timeout=50,
+    )
     assert proc.returncode != 0
     assert "arch.hidden_sise: unknown key" in proc.output, tail(proc.output)
     assert re.search(r"global_batch_size: .*integer.*'sixteen'", proc.output), tail(proc.output)
@@ -79,7 +100,11 @@ def test_unknown_key_and_wrong_type_are_named(tmp_path, data, compile_cache):
 @pytest.mark.timeout(60)
 def test_missing_dataset_names_the_path_and_how_to_build_it(tmp_path, compile_cache):
     missing = tmp_path / "no-such-dataset"
-    proc = run(pretrain_cmd(train_args(str(missing), tmp_path / "run", "data_generator=null")), run_env(compile_cache),
-               tmp_path / "log.txt", timeout=50)
+    proc = run(
+        pretrain_cmd(train_args(str(missing), tmp_path / "run", "data_generator=null")),
+        run_env(compile_cache),
+        tmp_path / "log.txt",
+        timeout=50,
+    )
     assert proc.returncode != 0
     assert str(missing) in proc.output and "build the dataset" in proc.output, tail(proc.output)

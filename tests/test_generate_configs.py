@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from experiments import generate_configs as gen
-from experiments.table import BASELINE_NAME, EXPERIMENTS, GROUPS, STUDY, datasets, dataset_path
+from experiments.table import BASELINE_NAME, EXPERIMENTS, GROUPS, STUDY, dataset_path, datasets
 
 
 def test_committed_files_match_the_table():
@@ -65,8 +65,23 @@ def test_study_size_and_groups():
     names = [e.name for e in EXPERIMENTS]
     assert len(names) == len(set(names))
     assert len(STUDY) == 67 and BASELINE_NAME not in {e.name for e in STUDY}
-    assert set(GROUPS) == {"baseline", "exp01", "exp02a", "exp02b", "exp03", "exp04a", "exp04b", "exp05",
-                           "exp06", "exp07", "exp08", "exp09", "exp10", "contrib01", "contrib02"}
+    assert set(GROUPS) == {
+        "baseline",
+        "exp01",
+        "exp02a",
+        "exp02b",
+        "exp03",
+        "exp04a",
+        "exp04b",
+        "exp05",
+        "exp06",
+        "exp07",
+        "exp08",
+        "exp09",
+        "exp10",
+        "contrib01",
+        "contrib02",
+    }
 
 
 def test_docs_show_how_to_build_every_dataset():

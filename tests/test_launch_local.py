@@ -65,18 +65,26 @@ def _script(tmp_path: Path, source: str) -> Path:
 
 
 def test_process_env_appends_to_existing_xla_flags():
-    env = launch_local.process_env({"XLA_FLAGS": "--xla_dump_to=/tmp/x", "KEEP": "1"},
-                                   coordinator="127.0.0.1:1234", num_processes=4, process_id=2,
-                                   devices_per_process=8)
+    env = launch_local.process_env(
+        {"XLA_FLAGS": "--xla_dump_to=/tmp/x", "KEEP": "1"},
+        coordinator="127.0.0.1:1234",
+        num_processes=4,
+        process_id=2,
+        devices_per_process=8,
+    )
     assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=8"
     assert env["KEEP"] == "1"
     assert (env["TRM_COORDINATOR_ADDRESS"], env["TRM_NUM_PROCESSES"], env["TRM_PROCESS_ID"]) == (
-        "127.0.0.1:1234", "4", "2")
+        "127.0.0.1:1234",
+        "4",
+        "2",
+    )
 
 
 def test_parse_args_splits_script_arguments_at_double_dash():
     opts, rest = launch_local.parse_args(
-        ["--num-processes", "2", "--timeout", "9", "--", "--config-name", "quickstart", "smoke.enabled=true"])
+        ["--num-processes", "2", "--timeout", "9", "--", "--config-name", "quickstart", "smoke.enabled=true"]
+    )
     assert (opts.num_processes, opts.devices_per_process, opts.timeout) == (2, 1, 9.0)
     assert opts.script.endswith("pretrain_jax.py")
     assert rest == ["--config-name", "quickstart", "smoke.enabled=true"]
@@ -88,9 +96,27 @@ def test_cli_streams_process_0_and_logs_the_others(tmp_path):
     script = _script(tmp_path, ENV_WORKER)
     logs = tmp_path / "logs"
     result = subprocess.run(
-        [sys.executable, str(LAUNCHER), "--num-processes", "2", "--devices-per-process", "3",
-         "--timeout", "50", "--log-dir", str(logs), "--script", str(script), "--", "a=1", "--b"],
-        capture_output=True, text=True, timeout=55)
+        [
+            sys.executable,
+            str(LAUNCHER),
+            "--num-processes",
+            "2",
+            "--devices-per-process",
+            "3",
+            "--timeout",
+            "50",
+            "--log-dir",
+            str(logs),
+            "--script",
+            str(script),
+            "--",
+            "a=1",
+            "--b",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
     assert result.returncode == 0, result.stderr
     streamed = json.loads(result.stdout.strip())
     logged = json.loads((logs / "process_1.log").read_text())
@@ -109,8 +135,7 @@ def test_cli_streams_process_0_and_logs_the_others(tmp_path):
 @pytest.mark.timeout(120)
 def test_real_jax_distributed_job_two_processes_two_devices(tmp_path, capfd):
     script = _script(tmp_path, JAX_WORKER)
-    code = launch_local.launch(2, ["2"], devices_per_process=2, timeout=100,
-                               log_dir=tmp_path / "logs", script=script)
+    code = launch_local.launch(2, ["2"], devices_per_process=2, timeout=100, log_dir=tmp_path / "logs", script=script)
     out = capfd.readouterr().out
     assert code == 0, out + (tmp_path / "logs" / "process_1.log").read_text()
     assert "process 0 gathered [0, 1]" in out
@@ -189,8 +214,9 @@ def test_two_processes_checkpoint_collectively_to_gcs_emulator(tmp_path, gcs_emu
 
     script = _script(tmp_path, ORBAX_WORKER)
     root = f"{gcs_emulator['bucket']}/launch_local/ckpt"
-    code = launch_local.launch(2, [f"gs://{root}"], devices_per_process=2, timeout=100,
-                               log_dir=tmp_path / "logs", script=script)
+    code = launch_local.launch(
+        2, [f"gs://{root}"], devices_per_process=2, timeout=100, log_dir=tmp_path / "logs", script=script
+    )
     assert code == 0, capfd.readouterr().err
     assert "process 0 restored" in capfd.readouterr().out
     assert "process 1 restored" in (tmp_path / "logs" / "process_1.log").read_text()

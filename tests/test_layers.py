@@ -6,12 +6,12 @@ from models.layers import apply_rope, rms_norm, rope_tables, swiglu_width, trunc
 
 
 def test_swiglu_width_rounds_half_to_even_then_up_to_256():
-    assert swiglu_width(64, 4.0) == 256          # round(170.67) = 171 -> 256
-    assert swiglu_width(512, 4.0) == 1536        # round(1365.33) = 1365 -> 1536
-    assert swiglu_width(20, 4.0) == 256          # the MLP-T width for P + L = 20
+    assert swiglu_width(64, 4.0) == 256  # round(170.67) = 171 -> 256
+    assert swiglu_width(512, 4.0) == 1536  # round(1365.33) = 1365 -> 1536
+    assert swiglu_width(20, 4.0) == 256  # the MLP-T width for P + L = 20
     # 0.75 * 3 * 2/3 = 1.5 -> Python rounds half to even: 2, still one block of 256
     assert round(0.75 * 3 * 2 / 3) == 2 and swiglu_width(3, 0.75) == 256
-    assert swiglu_width(384 * 2, 4.0) == 2048    # round(2048.0) = 2048 exactly
+    assert swiglu_width(384 * 2, 4.0) == 2048  # round(2048.0) = 2048 exactly
 
 
 def test_rms_norm_axis_and_dtype():

@@ -32,10 +32,10 @@ def test_act_loss_metrics_follow_official_rules():
     halted = jnp.array([True, True, True])
     steps = jnp.array([2, 3, 1])
     loss, m, out_preds = act_loss(logits, q_halt, jnp.zeros(3), labels, halted, steps, "softmax_cross_entropy")
-    assert int(m["count"]) == 2                      # the unlabelled row is not counted
+    assert int(m["count"]) == 2  # the unlabelled row is not counted
     assert int(m["exact_accuracy"]) == 1
     np.testing.assert_allclose(float(m["accuracy"]), 1.0 + 2 / 3, rtol=1e-6)
-    assert int(m["q_halt_accuracy"]) == 2            # (1 >= 0) == correct, (-1 >= 0) == wrong
+    assert int(m["q_halt_accuracy"]) == 2  # (1 >= 0) == correct, (-1 >= 0) == wrong
     assert int(m["steps"]) == 5
     np.testing.assert_array_equal(out_preds, preds)
     # Row 2 counts as correct for the Q-halt target (0 of 0), as in the official code.
@@ -47,7 +47,15 @@ def test_act_loss_metrics_follow_official_rules():
 def test_q_continue_target_adds_its_loss():
     logits = jnp.zeros((2, 2, 3))
     labels = jnp.zeros((2, 2), jnp.int32)
-    args = (logits, jnp.zeros(2), jnp.array([0.3, -0.2]), labels, jnp.ones(2, bool), jnp.ones(2, jnp.int32), "softmax_cross_entropy")
+    args = (
+        logits,
+        jnp.zeros(2),
+        jnp.array([0.3, -0.2]),
+        labels,
+        jnp.ones(2, bool),
+        jnp.ones(2, jnp.int32),
+        "softmax_cross_entropy",
+    )
     base, _, _ = act_loss(*args)
     with_q, m, _ = act_loss(*args, target_q_continue_B=jnp.array([0.9, 0.1]))
     np.testing.assert_allclose(float(with_q - base), 0.5 * float(m["q_continue_loss"]), rtol=1e-6)

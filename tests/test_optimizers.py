@@ -40,8 +40,8 @@ def test_schedule_warmup_cosine_and_no_clamp():
     assert lr(0, 0.0) == 0.0 and abs(lr(5, 0.0) - 0.5) < 1e-7
     assert abs(lr(10, 0.0) - 1.0) < 1e-7 and abs(lr(60, 0.0) - 0.5) < 1e-6 and abs(lr(110, 0.0)) < 1e-6
     assert abs(lr(60, 0.1) - (0.1 + 0.9 * 0.5)) < 1e-6
-    assert lr(160, 0.0) > 0.4          # not clamped after total, as in the official code
-    assert lr(50, 1.0) == 1.0          # min_ratio 1: constant after warmup
+    assert lr(160, 0.0) > 0.4  # not clamped after total, as in the official code
+    assert lr(50, 1.0) == 1.0  # min_ratio 1: constant after warmup
 
 
 def test_build_optimizer_variants_update_params():

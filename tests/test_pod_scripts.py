@@ -30,10 +30,15 @@ def _bin_with(tmp_path: Path, name: str, body: str) -> Path:
 
 
 def _run(script: str, *args: str, bin_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-                "TPU_NAME": "my-pod", "ZONE": "z1", "PROJECT": "p1", **(env or {})}
-    return subprocess.run(["bash", str(TPU / script), *args], env=full_env, capture_output=True,
-                          text=True, timeout=60)
+    full_env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "TPU_NAME": "my-pod",
+        "ZONE": "z1",
+        "PROJECT": "p1",
+        **(env or {}),
+    }
+    return subprocess.run(["bash", str(TPU / script), *args], env=full_env, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture
@@ -67,8 +72,18 @@ def test_sync_code_archives_without_venv_runs_data_and_extracts_on_all_workers(d
     assert tar[:2] == ["tar", "-czf"] and tar[3:5] == ["-C", str(REPO)]
     for excluded in (".git", ".venv", "runs", "data"):
         assert f"--exclude=./{excluded}" in tar
-    assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tar[2], "my-pod:trm-jax-code.tar.gz",
-                   "--worker=all", "--zone=z1", "--project=p1"]
+    assert scp == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "scp",
+        tar[2],
+        "my-pod:trm-jax-code.tar.gz",
+        "--worker=all",
+        "--zone=z1",
+        "--project=p1",
+    ]
     assert _remote(ssh) == "mkdir -p trm-jax && tar -xzf trm-jax-code.tar.gz -C trm-jax && rm trm-jax-code.tar.gz"
 
 
@@ -76,7 +91,10 @@ def test_prepare_data_runs_a_builder_or_copies_from_gcs(dry_run):
     [argv] = dry_run("prepare_data.sh", "--", "dataset/build_sudoku_dataset.py", "--output-dir", "data/s 1")
     assert _remote(argv) == "cd trm-jax && .venv/bin/python dataset/build_sudoku_dataset.py --output-dir 'data/s 1'"
     [argv] = dry_run("prepare_data.sh", "--from-gcs", "gs://bkt/datasets/sudoku/")
-    assert _remote(argv) == "cd trm-jax && mkdir -p data && gcloud storage rsync --recursive gs://bkt/datasets/sudoku data/sudoku"
+    assert (
+        _remote(argv)
+        == "cd trm-jax && mkdir -p data && gcloud storage rsync --recursive gs://bkt/datasets/sudoku data/sudoku"
+    )
 
 
 def test_launch_starts_pretrain_detached_with_a_log_per_worker(dry_run):
@@ -84,8 +102,15 @@ def test_launch_starts_pretrain_detached_with_a_log_per_worker(dry_run):
     remote = _remote(argv)
     words = shlex.split(remote)
     start = words.index("nohup")
-    assert words[start:start + 7] == ["nohup", ".venv/bin/python", "pretrain_jax.py", "--config-name",
-                                      "cfg_pretrain", "data_paths=[gs://b/d]", "lr=1e-4"]
+    assert words[start : start + 7] == [
+        "nohup",
+        ".venv/bin/python",
+        "pretrain_jax.py",
+        "--config-name",
+        "cfg_pretrain",
+        "data_paths=[gs://b/d]",
+        "lr=1e-4",
+    ]
     assert "> logs/cfg_pretrain.log 2>&1 < /dev/null & echo $! > logs/cfg_pretrain.pid" in remote
 
 
@@ -98,7 +123,17 @@ def test_tail_logs_and_stop(dry_run):
 
 def test_flags_override_the_environment(dry_run):
     [argv] = dry_run("stop.sh", "--tpu", "other", "--zone", "z2", "--project", "p2", "--worker", "3")
-    assert argv[:9] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "other", "--worker=3", "--zone=z2", "--project=p2"]
+    assert argv[:9] == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "ssh",
+        "other",
+        "--worker=3",
+        "--zone=z2",
+        "--project=p2",
+    ]
 
 
 def test_zone_and_project_fall_back_to_gcloud_config(dry_run):
@@ -106,11 +141,14 @@ def test_zone_and_project_fall_back_to_gcloud_config(dry_run):
     assert argv[5:7] == ["my-pod", "--worker=all"] and argv[7].startswith("--command=")
 
 
-@pytest.mark.parametrize("args, message", [
-    ((), "no TPU name"),
-    (("--tpu", "x", "--bogus"), "unexpected arguments: --bogus"),
-    (("--tpu",), "--tpu needs a value"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((), "no TPU name"),
+        (("--tpu", "x", "--bogus"), "unexpected arguments: --bogus"),
+        (("--tpu",), "--tpu needs a value"),
+    ],
+)
 def test_bad_invocations_fail_with_a_message(tmp_path, args, message):
     result = _run("stop.sh", *args, bin_dir=tmp_path, env={"TPU_NAME": ""})
     assert result.returncode == 2 and message in result.stderr
@@ -125,8 +163,9 @@ def _shellcheck() -> str:
 
 @pytest.mark.parametrize("script", sorted(TPU.glob("*.sh")) + [SBATCH], ids=lambda p: p.name)
 def test_shellcheck_passes(script):
-    result = subprocess.run([_shellcheck(), "-x", "--source-path=SCRIPTDIR", str(script)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [_shellcheck(), "-x", "--source-path=SCRIPTDIR", str(script)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -201,7 +240,16 @@ def test_sbatch_runs_pretrain_under_srun(tmp_path):
     result = subprocess.run(
         ["bash", str(SBATCH), "quickstart", "global_batch_size=768"],
         env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(REPO)},
-        capture_output=True, text=True, timeout=30)
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["--kill-on-bad-exit=1", ".venv/bin/python", "pretrain_jax.py",
-                                          "--config-name", "quickstart", "global_batch_size=768"]
+    assert result.stdout.splitlines() == [
+        "--kill-on-bad-exit=1",
+        ".venv/bin/python",
+        "pretrain_jax.py",
+        "--config-name",
+        "quickstart",
+        "global_batch_size=768",
+    ]

@@ -14,7 +14,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _run(tmp_path, *overrides, timeout=600):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "pretrain_jax.py", *overrides, f"run_dir={tmp_path / 'run'}", f"data_paths=[{tmp_path / 'data'}]"]
+    cmd = [
+        sys.executable,
+        "pretrain_jax.py",
+        *overrides,
+        f"run_dir={tmp_path / 'run'}",
+        f"data_paths=[{tmp_path / 'data'}]",
+    ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -42,8 +48,15 @@ def test_quickstart_learns_and_writes_outputs(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_max_steps_stops_early_evaluates_saves_and_logs_offline(tmp_path):
-    out = _run(tmp_path, "max_steps=3", "arch.hidden_size=32", "arch.num_heads=2", "global_batch_size=16", "log_every_steps=1",
-               "wandb.mode=offline")
+    out = _run(
+        tmp_path,
+        "max_steps=3",
+        "arch.hidden_size=32",
+        "arch.num_heads=2",
+        "global_batch_size=16",
+        "log_every_steps=1",
+        "wandb.mode=offline",
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     # W&B offline needs no network and keeps its run next to the other outputs.
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
@@ -66,13 +79,45 @@ def test_arc_run_reports_pass_at_k_and_writes_submission(tmp_path):
     from arc_fixtures import write_tiny_arc
 
     write_tiny_arc(str(tmp_path / "arc"))
-    build = subprocess.run([sys.executable, "dataset/build_arc_dataset.py", "--input-file-prefix", str(tmp_path / "arc"),
-                            "--output-dir", str(tmp_path / "data"), "--subsets", "training", "evaluation",
-                            "--test-set-name", "evaluation", "--num-aug", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "dataset/build_arc_dataset.py",
+            "--input-file-prefix",
+            str(tmp_path / "arc"),
+            "--output-dir",
+            str(tmp_path / "data"),
+            "--subsets",
+            "training",
+            "evaluation",
+            "--test-set-name",
+            "evaluation",
+            "--num-aug",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr
-    out = _run(tmp_path, "--config-name", "cfg_pretrain", "data_generator=null", "evaluators=[{name:arc}]", "max_steps=2",
-               "global_batch_size=8", "arch.hidden_size=32", "arch.num_heads=2", "arch.puzzle_emb_len=1",
-               "arch.H_cycles=1", "arch.L_cycles=1", "arch.L_layers=1", "arch.halt_max_steps=2", "arch.forward_dtype=float32")
+    out = _run(
+        tmp_path,
+        "--config-name",
+        "cfg_pretrain",
+        "data_generator=null",
+        "evaluators=[{name:arc}]",
+        "max_steps=2",
+        "global_batch_size=8",
+        "arch.hidden_size=32",
+        "arch.num_heads=2",
+        "arch.puzzle_emb_len=1",
+        "arch.H_cycles=1",
+        "arch.L_cycles=1",
+        "arch.L_layers=1",
+        "arch.halt_max_steps=2",
+        "arch.forward_dtype=float32",
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     final = json.loads((tmp_path / "run" / "summary.json").read_text())["final_metrics"]
     for k in (1, 2, 5, 10, 100, 1000):

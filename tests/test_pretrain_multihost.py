@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pretrain_runs import (assert_losses_close, assert_ok, assert_trees_close, compile_cache, data,  # noqa: F401
-                                 eval_row, launched, losses, pretrain_cmd, reference, restore, run, run_env, train_args)
+from tests.pretrain_runs import (
+    assert_losses_close,
+    assert_ok,
+    assert_trees_close,
+    eval_row,
+    losses,
+    pretrain_cmd,
+    restore,
+    run,
+    run_env,
+    train_args,
+)
 
 # Only the reduction order over rows differs between layouts (float32).
 RTOL = 1e-4
@@ -36,8 +46,14 @@ def test_multi_process_run_matches_single_process(launched, reference, num_proce
 @pytest.mark.timeout(120)
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, data, compile_cache, reference):
     run_dir = tmp_path / "run"
-    assert_ok(run(pretrain_cmd(train_args(data, run_dir, "grad_accum_steps=2")), run_env(compile_cache),
-                  tmp_path / "log.txt", timeout=100))
+    assert_ok(
+        run(
+            pretrain_cmd(train_args(data, run_dir, "grad_accum_steps=2")),
+            run_env(compile_cache),
+            tmp_path / "log.txt",
+            timeout=100,
+        )
+    )
 
     assert_losses_close(losses(run_dir), reference["losses"], RTOL)
     state, carry, _ = restore(str(run_dir / "checkpoints"))

@@ -25,8 +25,15 @@ def _build(path, seed=0, num_groups=7, split_names=("train", "test"), seq_len=SE
         "group_indices": np.concatenate([[0], np.cumsum(puzzles_per_group)]),
     }
     for split in split_names:
-        write_split(str(path), split, {"all": arrays}, pad_id=0, ignore_label_id=0, vocab_size=256,
-                    num_puzzle_identifiers=len(examples_per_puzzle) + 1)
+        write_split(
+            str(path),
+            split,
+            {"all": arrays},
+            pad_id=0,
+            ignore_label_id=0,
+            vocab_size=256,
+            num_puzzle_identifiers=len(examples_per_puzzle) + 1,
+        )
     write_identifiers(str(path), ["<blank>"] + [f"p{i}" for i in range(len(examples_per_puzzle))])
     return arrays
 
@@ -74,8 +81,10 @@ def test_process_shards_union_is_the_global_batch(data, process_count):
     path, _ = data
     ds = PuzzleDataset([path], "train")
     full = _batches(TrainSampler(ds, 8, seed=1, process_index=0, process_count=1), 12)
-    shards = [_batches(TrainSampler(ds, 8, seed=1, process_index=p, process_count=process_count), 12)
-              for p in range(process_count)]
+    shards = [
+        _batches(TrainSampler(ds, 8, seed=1, process_index=p, process_count=process_count), 12)
+        for p in range(process_count)
+    ]
     for step, batch in enumerate(full):
         for key in batch:
             assert np.array_equal(np.concatenate([s[step][key] for s in shards]), batch[key])
@@ -90,7 +99,7 @@ def test_resume_from_state_reproduces_batches(data):
     expected = _batches(sampler, 6)
     resumed = TrainSampler(ds, 8, seed=5, process_index=0, process_count=1, prefetch=3)
     resumed.set_state(state)
-    for a, b in zip(expected, _batches(resumed, 6)):
+    for a, b in zip(expected, _batches(resumed, 6), strict=False):
         assert all(np.array_equal(a[k], b[k]) for k in a)
     assert resumed.get_state() == sampler.get_state()
     assert resumed.epochs_done == pytest.approx(11 * 8 / (ds.metadata.total_groups * ds.metadata.mean_puzzle_examples))
@@ -120,7 +129,7 @@ def test_two_paths_offset_identifiers_and_merge_counts(tmp_path):
     assert both.metadata.num_puzzle_identifiers == a.metadata.num_puzzle_identifiers + b.metadata.num_puzzle_identifiers
     assert both.metadata.total_groups == a.metadata.total_groups + b.metadata.total_groups
     assert [name for name, _, _ in both.sets] == ["all", "all1"]
-    offset_ids = both.puzzle_identifiers[len(a.puzzle_identifiers):]
+    offset_ids = both.puzzle_identifiers[len(a.puzzle_identifiers) :]
     assert np.array_equal(offset_ids, b.puzzle_identifiers + a.metadata.num_puzzle_identifiers)
     sampler = TrainSampler(both, 16, seed=0, process_index=0, process_count=1)
     assert all(b_["puzzle_identifiers"].max() < both.metadata.num_puzzle_identifiers for b_ in _batches(sampler, 5))
@@ -147,6 +156,10 @@ def test_reads_gs_path_through_emulator(tmp_path, gcs_emulator):
     remote = f"{gcs_emulator['bucket']}/loader-test"
     fs.put(str(tmp_path / "local"), remote, recursive=True)
     ds = PuzzleDataset([f"gs://{remote}"], "test", cache_dir=str(tmp_path / "cache"))
-    seen = np.concatenate([_example_ids(b)[b["puzzle_identifiers"] != 0]
-                           for _, b in eval_batches(ds, 8, process_index=0, process_count=1)])
+    seen = np.concatenate(
+        [
+            _example_ids(b)[b["puzzle_identifiers"] != 0]
+            for _, b in eval_batches(ds, 8, process_index=0, process_count=1)
+        ]
+    )
     assert np.array_equal(seen, np.arange(len(arrays["inputs"])))

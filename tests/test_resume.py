@@ -8,9 +8,22 @@ import signal
 
 import pytest
 
-from tests.pretrain_runs import (assert_ok, assert_trees_equal, checkpoint_steps, child_pids, compile_cache, data,  # noqa: F401
-                                 kill_tree, launched, launcher_cmd, losses, pretrain_cmd, reference,
-                                 restore, run, run_env, start, train_args, wait_for_step)
+from tests.pretrain_runs import (
+    assert_ok,
+    assert_trees_equal,
+    checkpoint_steps,
+    child_pids,
+    kill_tree,
+    launcher_cmd,
+    losses,
+    pretrain_cmd,
+    restore,
+    run,
+    run_env,
+    start,
+    train_args,
+    wait_for_step,
+)
 
 
 def assert_same_run(run_dir, ckpt_dir, want_dir, want_ckpt_dir) -> None:
@@ -59,7 +72,9 @@ def test_two_processes_killed_together_then_restarted_end_bitwise_equal(tmp_path
         proc.wait()
     assert not (run_dir / "summary.json").exists(), "killed too late: the run had finished"
 
-    assert_ok(run(launcher_cmd(2, 2, args, tmp_path / "logs", timeout=200), env, tmp_path / "restarted.txt", timeout=220))
+    assert_ok(
+        run(launcher_cmd(2, 2, args, tmp_path / "logs", timeout=200), env, tmp_path / "restarted.txt", timeout=220)
+    )
     assert "resumed from" in (tmp_path / "logs" / "process_0.log").read_text()
     assert_same_run(run_dir, run_dir / "checkpoints", want_dir, want_dir / "checkpoints")
 
@@ -99,8 +114,12 @@ def test_checkpoints_on_gcs_resume(tmp_path, data, compile_cache, reference, gcs
     root = f"{gcs_emulator['bucket']}/{tmp_path.name}"
     run_dir, env = tmp_path / "run", run_env(compile_cache)
     half = reference["step"] // 2
-    first = run(pretrain_cmd(train_args(data, run_dir, f"checkpoint_root=gs://{root}", f"max_steps={half}")), env,
-                tmp_path / "first.txt", timeout=120)
+    first = run(
+        pretrain_cmd(train_args(data, run_dir, f"checkpoint_root=gs://{root}", f"max_steps={half}")),
+        env,
+        tmp_path / "first.txt",
+        timeout=120,
+    )
     assert_ok(first)
     ckpt_dir = f"gs://{root}/quickstart/sudoku4"  # <checkpoint_root>/<experiment_group>/<experiment_name>
     assert checkpoint_steps(ckpt_dir) == [half]
@@ -110,8 +129,12 @@ def test_checkpoints_on_gcs_resume(tmp_path, data, compile_cache, reference, gcs
     assert any("/state/" in o for o in objects) and any("/meta/" in o for o in objects), objects
     assert not (run_dir / "checkpoints").exists()
 
-    second = run(pretrain_cmd(train_args(data, run_dir, f"checkpoint_root=gs://{root}")), env,
-                 tmp_path / "second.txt", timeout=120)
+    second = run(
+        pretrain_cmd(train_args(data, run_dir, f"checkpoint_root=gs://{root}")),
+        env,
+        tmp_path / "second.txt",
+        timeout=120,
+    )
     assert_ok(second)
     assert f"resumed from {ckpt_dir} step {half}" in second.output
     # Read the final checkpoint from a copy: this process already listed (and cached) the bucket.
@@ -144,5 +167,7 @@ def test_sigterm_to_every_process_stops_all_at_one_step_and_saves_it(tmp_path, d
     assert synced[0] == synced[1] == checkpoint_steps(str(run_dir / "checkpoints"))[-1]
     assert not (run_dir / "summary.json").exists()
 
-    assert_ok(run(launcher_cmd(2, 2, args, tmp_path / "logs", timeout=200), env, tmp_path / "restarted.txt", timeout=220))
+    assert_ok(
+        run(launcher_cmd(2, 2, args, tmp_path / "logs", timeout=200), env, tmp_path / "restarted.txt", timeout=220)
+    )
     assert_same_run(run_dir, run_dir / "checkpoints", want_dir, want_dir / "checkpoints")

@@ -36,9 +36,7 @@ def batch(tmp_path, monkeypatch):
     calls = tmp_path / "calls.txt"
     calls.touch()
     monkeypatch.setenv("FAKE_CALLS", str(calls))
-    monkeypatch.setattr(
-        run_batch, "command", lambda p: [sys.executable, "-c", FAKE_TRAINER, str(p.run_dir), p.name]
-    )
+    monkeypatch.setattr(run_batch, "command", lambda p: [sys.executable, "-c", FAKE_TRAINER, str(p.run_dir), p.name])
     logs = tmp_path / "logs"
 
     def run(*args: str) -> int:
@@ -122,8 +120,16 @@ def test_unknown_name_is_rejected(batch):
 
 @pytest.mark.slow
 def test_real_training_then_resume(tmp_path):
-    cmd = [sys.executable, "experiments/run_batch.py", "exp09e", "--log-dir", str(tmp_path / "logs"),
-           "--", "smoke.enabled=true", f"run_dir={tmp_path}/${{experiment_name}}"]
+    cmd = [
+        sys.executable,
+        "experiments/run_batch.py",
+        "exp09e",
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--",
+        "smoke.enabled=true",
+        f"run_dir={tmp_path}/${{experiment_name}}",
+    ]
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr + (tmp_path / "logs" / "exp09e.log").read_text()
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)

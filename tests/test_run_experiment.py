@@ -41,8 +41,13 @@ def test_dry_run_describes_without_launching(launched, capsys):
 def test_dry_run_reads_dataset_metadata(tmp_path, capsys):
     train = tmp_path / "ds" / "train"
     train.mkdir(parents=True)
-    meta = {"vocab_size": 13, "seq_len": 81, "num_puzzle_identifiers": 5, "total_groups": 250,
-            "mean_puzzle_examples": 1001.0}
+    meta = {
+        "vocab_size": 13,
+        "seq_len": 81,
+        "num_puzzle_identifiers": 5,
+        "total_groups": 250,
+        "mean_puzzle_examples": 1001.0,
+    }
     (train / "dataset.json").write_text(json.dumps(meta))
     assert run_experiment.main(["exp06_f", f"data_paths=[{tmp_path / 'ds'}]", "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -53,7 +58,9 @@ def test_dry_run_reads_dataset_metadata(tmp_path, capsys):
     assert f"puzzle_emb {n['puzzle_emb']:,}" in out and n["puzzle_emb"] == 5 * cfg.arch.puzzle_emb_ndim
 
 
-@pytest.mark.parametrize("args", [["no_such_experiment"], ["exp01a", "arch.hidden_sise=3"], ["exp01a", "lr_min_ratio=2"]])
+@pytest.mark.parametrize(
+    "args", [["no_such_experiment"], ["exp01a", "arch.hidden_sise=3"], ["exp01a", "lr_min_ratio=2"]]
+)
 def test_bad_configs_fail_before_launch(args, launched, capsys):
     assert run_experiment.main(args) == 2
     assert launched == []
@@ -64,15 +71,26 @@ def test_bad_configs_fail_before_launch(args, launched, capsys):
     ("flags", "expected"),
     [
         ([], [sys.executable, "pretrain_jax.py", "--config-name", "exp09e", "lr=3e-4"]),
-        (["--num-processes", "4"],
-         [sys.executable, "scripts/launch_local.py", "--num-processes", "4", "--", "--config-name", "exp09e", "lr=3e-4"]),
+        (
+            ["--num-processes", "4"],
+            [
+                sys.executable,
+                "scripts/launch_local.py",
+                "--num-processes",
+                "4",
+                "--",
+                "--config-name",
+                "exp09e",
+                "lr=3e-4",
+            ],
+        ),
         (["--tpu"], ["bash", "scripts/tpu/launch.sh", "exp09e", "lr=3e-4"]),
         (["--tpu-name", "pod-a"], ["bash", "scripts/tpu/launch.sh", "--tpu", "pod-a", "exp09e", "lr=3e-4"]),
     ],
 )
 def test_launch_command_and_exit_code(flags, expected, launched):
     assert run_experiment.main(["exp09e", "lr=3e-4", *flags]) == 3  # training's exit code
-    (cmd, kwargs), = launched
+    ((cmd, kwargs),) = launched
     assert cmd == expected
     assert kwargs["cwd"] == run_experiment.ROOT
 
@@ -86,7 +104,10 @@ def test_launchers_exist():
 def test_trains_end_to_end(tmp_path):
     proc = subprocess.run(
         [sys.executable, "experiments/run_experiment.py", "exp08a", "smoke.enabled=true", f"run_dir={tmp_path}"],
-        cwd=run_experiment.ROOT, capture_output=True, text=True, timeout=300,
+        cwd=run_experiment.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"

@@ -18,8 +18,13 @@ from training.sharding import global_batch, make_shardings
 from training.state import create_train_state
 from training.step import make_eval_step, make_train_step
 
-OVERRIDES = ["arch.hidden_size=32", "arch.num_heads=2", "arch.puzzle_emb_len=1", "global_batch_size=16",
-             "arch.halt_exploration_prob=0.5"]
+OVERRIDES = [
+    "arch.hidden_size=32",
+    "arch.num_heads=2",
+    "arch.puzzle_emb_len=1",
+    "global_batch_size=16",
+    "arch.halt_exploration_prob=0.5",
+]
 
 
 def _setup(devices, overrides=()):
@@ -29,17 +34,28 @@ def _setup(devices, overrides=()):
     tx = build_optimizer(cfg, total_steps=100)
     state = jax.device_put(create_train_state(cfg, model, tx, 3), sh.replicated)
     carry = jax.device_put(initial_carry(model, cfg.global_batch_size), sh.rows)
-    step = make_train_step(cfg, model, tx, 100, sh, cfg.arch.H_cycles, cfg.arch.L_cycles,
-                           jax.tree.map(lambda x: x.sharding, state), jax.tree.map(lambda x: x.sharding, carry))
+    step = make_train_step(
+        cfg,
+        model,
+        tx,
+        100,
+        sh,
+        cfg.arch.H_cycles,
+        cfg.arch.L_cycles,
+        jax.tree.map(lambda x: x.sharding, state),
+        jax.tree.map(lambda x: x.sharding, carry),
+    )
     return cfg, model, sh, state, carry, step
 
 
 def _batches(n, B=16):
     rng = np.random.default_rng(0)
     for _ in range(n):
-        yield {"inputs": rng.integers(1, 6, (B, 16)).astype(np.int32),
-               "labels": np.where(rng.random((B, 16)) < 0.2, -100, rng.integers(1, 6, (B, 16))).astype(np.int32),
-               "puzzle_identifiers": rng.integers(0, 3, (B,)).astype(np.int32)}
+        yield {
+            "inputs": rng.integers(1, 6, (B, 16)).astype(np.int32),
+            "labels": np.where(rng.random((B, 16)) < 0.2, -100, rng.integers(1, 6, (B, 16))).astype(np.int32),
+            "puzzle_identifiers": rng.integers(0, 3, (B,)).astype(np.int32),
+        }
 
 
 def run_steps(devices, overrides=(), n=3):
@@ -56,7 +72,7 @@ def compare_devices():
     one, state1 = run_steps(jax.devices()[:1])
     eight, state8 = run_steps(jax.devices())
     np.testing.assert_allclose(one, eight, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(state1), jax.tree.leaves(state8)):
+    for a, b in zip(jax.tree.leaves(state1), jax.tree.leaves(state8), strict=False):
         np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-5, atol=1e-6)
     print("MATCH", one)
 
@@ -74,7 +90,7 @@ def test_grad_accumulation_matches_one_big_batch():
     plain, s1 = run_steps(None, n=2)
     accum, s2 = run_steps(None, ["grad_accum_steps=4"], n=2)
     np.testing.assert_allclose(plain, accum, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params), strict=False):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -82,7 +98,9 @@ def test_grad_accumulation_matches_one_big_batch():
 def test_nonfinite_update_is_skipped():
     cfg, model, sh, state, carry, step = _setup(None, ["nonfinite_loss=skip"])
     before = jax.device_get(state)
-    poisoned = state.replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan) if x.ndim == 2 else x, state.params))
+    poisoned = state.replace(
+        params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan) if x.ndim == 2 else x, state.params)
+    )
     new_state, new_carry, m = step(poisoned, carry, global_batch(next(_batches(1)), sh), np.float32(0.0))
     assert bool(m["skipped"]) and not bool(m["loss_finite"])
     assert int(new_state.step) == 1
@@ -108,8 +126,9 @@ if __name__ == "__main__":
 @pytest.mark.timeout(300)
 def test_float16_dynamic_loss_scale_backs_off_on_overflow():
     # MLP-T: XLA's CPU backend has no float16 attention (float32-accumulating f16 dot).
-    cfg, model, sh, state, carry, step = _setup(None, ["arch.forward_dtype=float16", "loss_scale_init=1e38",
-                                                       "arch.mlp_t=true", "arch.pos_encodings=none"])
+    cfg, model, sh, state, carry, step = _setup(
+        None, ["arch.forward_dtype=float16", "loss_scale_init=1e38", "arch.mlp_t=true", "arch.pos_encodings=none"]
+    )
     batches = _batches(2)
     state, carry, m = step(state, carry, global_batch(next(batches), sh), np.float32(0.0))
     # The scaled loss overflows float32 gradients: the step is skipped and the scale halves,

@@ -22,7 +22,9 @@ def test_puzzle_prefix_length_rules():
     assert puzzle_prefix_len(_arch("arch.puzzle_emb_ndim=0")) == 0
 
 
-@pytest.mark.parametrize("variant", [["arch.mlp_t=true", "arch.pos_encodings=none"], ["arch.pos_encodings=learned"], []])
+@pytest.mark.parametrize(
+    "variant", [["arch.mlp_t=true", "arch.pos_encodings=none"], ["arch.pos_encodings=learned"], []]
+)
 def test_num_parameters_matches_initialised_tree(variant):
     arch = _arch(*variant)
     dims = ModelDims(vocab_size=6, seq_len=16, num_puzzle_identifiers=7)
@@ -42,11 +44,17 @@ def test_q_head_starts_at_official_init():
 
 def _fixture_model():
     import json
+
     meta = json.load(open(FIXTURE.replace(".npz", ".json")))
     mc = meta["model_config"]
-    arch = _arch("arch.mlp_t=true", "arch.pos_encodings=none", f"arch.hidden_size={mc['hidden_size']}",
-                 f"arch.num_heads={mc['num_heads']}", f"arch.puzzle_emb_len={mc['puzzle_emb_len']}",
-                 f"arch.L_layers={mc['L_layers']}")
+    arch = _arch(
+        "arch.mlp_t=true",
+        "arch.pos_encodings=none",
+        f"arch.hidden_size={mc['hidden_size']}",
+        f"arch.num_heads={mc['num_heads']}",
+        f"arch.puzzle_emb_len={mc['puzzle_emb_len']}",
+        f"arch.L_layers={mc['L_layers']}",
+    )
     model = build_model(arch, ModelDims(mc["vocab_size"], mc["seq_len"], mc["num_puzzle_identifiers"]))
     return model, init_variables(model, jax.random.key(0))
 
@@ -54,7 +62,7 @@ def _fixture_model():
 def test_import_official_state_dict_with_compile_prefix():
     model, variables = _fixture_model()
     arrays = np.load(FIXTURE)
-    sd = {"_orig_mod." + k[len("param/"):]: arrays[k] for k in arrays if k.startswith("param/")}
+    sd = {"_orig_mod." + k[len("param/") :]: arrays[k] for k in arrays if k.startswith("param/")}
     params, buffers, table = import_state_dict(sd, variables)
     w = arrays["param/model.inner.L_level.layers.0.mlp_t.gate_up_proj.weight"]
     np.testing.assert_array_equal(params["L_level"]["layers_0"]["mlp_t"]["gate_up_proj"]["kernel"], w.T)
@@ -65,7 +73,7 @@ def test_import_official_state_dict_with_compile_prefix():
 def test_import_rejects_missing_and_mismatched_entries():
     _, variables = _fixture_model()
     arrays = np.load(FIXTURE)
-    sd = {k[len("param/"):]: arrays[k] for k in arrays if k.startswith("param/")}
+    sd = {k[len("param/") :]: arrays[k] for k in arrays if k.startswith("param/")}
     missing = {k: v for k, v in sd.items() if "lm_head" not in k}
     with pytest.raises(KeyError, match="lm_head"):
         import_state_dict(missing, variables)

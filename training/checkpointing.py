@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -48,14 +49,21 @@ class Checkpointer:
         self.directory = directory
         self.cfg = cfg
         options = ocp.CheckpointManagerOptions(max_to_keep=cfg.max_to_keep, enable_async_checkpointing=True)
-        self.manager = with_retries(lambda: ocp.CheckpointManager(directory, options=options, item_names=("state", "meta")),
-                                    f"opening checkpoint directory {directory}")
+        self.manager = with_retries(
+            lambda: ocp.CheckpointManager(directory, options=options, item_names=("state", "meta")),
+            f"opening checkpoint directory {directory}",
+        )
 
     def save(self, step: int, state, carry, meta: dict[str, Any]) -> None:
         """Asynchronous: returns once the arrays are copied off the devices."""
         meta = dict(meta, step=step, config=self.cfg.model_dump(), config_hash=self.cfg.hash())
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"state": state, "carry": carry}),
-                                                         meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave({"state": state, "carry": carry}), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
 
     def steps(self) -> list[int]:
         return sorted(with_retries(self.manager.all_steps, f"listing {self.directory}"))
@@ -64,12 +72,22 @@ class Checkpointer:
         saved = meta.get("config", {}).get("arch", {})
         ours = self.cfg.arch.model_dump()
         # Cycle counts and halting limits may change between runs; the weights still fit.
-        shape_keys = ("hidden_size", "num_heads", "expansion", "L_layers", "mlp_t", "pos_encodings", "puzzle_emb_ndim", "puzzle_emb_len")
+        shape_keys = (
+            "hidden_size",
+            "num_heads",
+            "expansion",
+            "L_layers",
+            "mlp_t",
+            "pos_encodings",
+            "puzzle_emb_ndim",
+            "puzzle_emb_len",
+        )
         diff = {k: (saved.get(k), ours[k]) for k in shape_keys if saved.get(k) != ours[k]}
         if diff:
             raise ConfigError(
                 f"checkpoint step {step} in {self.directory} has a different architecture {diff} (saved, ours). "
-                "Point run_dir/checkpoint_root at a fresh location, or use load_checkpoint= only with a compatible model."
+                "Point run_dir/checkpoint_root at a fresh location, "
+                "or use load_checkpoint= only with a compatible model."
             )
 
     def restore_latest(self, state, carry) -> tuple[Any, Any, dict[str, Any]] | None:
@@ -83,15 +101,21 @@ class Checkpointer:
             try:
                 meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             except Exception as e:  # corrupt metadata: fall back to an older step
-                log.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one", step, self.directory, e)
+                log.warning(
+                    "checkpoint step %d in %s is unreadable (%s); trying the previous one", step, self.directory, e
+                )
                 broken.append(step)
                 continue
             self._check_compatible(meta, step)
             try:
                 target = {"state": _abstract(state), "carry": _abstract(carry)}
-                item = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+                item = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))[
+                    "state"
+                ]
             except Exception as e:
-                log.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one", step, self.directory, e)
+                log.warning(
+                    "checkpoint step %d in %s is unreadable (%s); trying the previous one", step, self.directory, e
+                )
                 broken.append(step)
                 continue
             restored = item["state"], item["carry"], meta
@@ -119,7 +143,9 @@ def load_weights(path: str, state, cfg: PretrainConfig):
     if path.endswith(".npz"):
         from models.torch_import import import_state_dict
 
-        params, buffers, table = import_state_dict(dict(np.load(path)), {"params": state.params, "buffers": state.buffers})
+        params, buffers, table = import_state_dict(
+            dict(np.load(path)), {"params": state.params, "buffers": state.buffers}
+        )
     else:
         manager = ocp.CheckpointManager(path, item_names=("state", "meta"))
         step = manager.latest_step()
@@ -128,10 +154,14 @@ def load_weights(path: str, state, cfg: PretrainConfig):
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["state"]
         params, buffers, table = restored["params"], restored["buffers"], np.asarray(restored["puzzle_emb"])
     if table is not None and table.shape != state.puzzle_emb.shape:
-        log.warning("resetting puzzle embedding: checkpoint has %s, this dataset needs %s", table.shape, state.puzzle_emb.shape)
+        log.warning(
+            "resetting puzzle embedding: checkpoint has %s, this dataset needs %s", table.shape, state.puzzle_emb.shape
+        )
         table = np.broadcast_to(table.mean(0, keepdims=True), state.puzzle_emb.shape)
     put = lambda new, old: jax.device_put(np.asarray(new, dtype=old.dtype).reshape(old.shape), old.sharding)
-    state = state.replace(params=jax.tree.map(put, params, state.params), buffers=jax.tree.map(put, buffers, state.buffers))
+    state = state.replace(
+        params=jax.tree.map(put, params, state.params), buffers=jax.tree.map(put, buffers, state.buffers)
+    )
     if table is not None:
         state = state.replace(puzzle_emb=put(table, state.puzzle_emb))
     if cfg.ema:

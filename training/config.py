@@ -14,75 +14,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from models.config import ArchConfig, Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ArchConfig(_Strict):
-    """The TRM architecture (`configs/arch/trm.yaml`), official field names."""
-
-    name: Literal["trm"]
-    loss_type: Literal["stablemax_cross_entropy", "softmax_cross_entropy"]
-    halt_exploration_prob: float
-    halt_max_steps: int
-    H_cycles: int
-    L_cycles: int
-    H_layers: int
-    L_layers: int
-    hidden_size: int
-    num_heads: int
-    expansion: float
-    puzzle_emb_ndim: int
-    puzzle_emb_len: int
-    pos_encodings: Literal["rope", "learned", "none"]
-    forward_dtype: Literal["bfloat16", "float16", "float32"]
-    mlp_t: bool
-    no_ACT_continue: bool
-    rms_norm_eps: float
-    rope_theta: float
-    # Scan the recursion (small programs, fast compiles) or unroll it (XLA may fuse across
-    # cycles); both compute the same numbers.
-    unroll_cycles: bool
-    attention_impl: Literal["auto", "xla", "cudnn"]
-
-    @field_validator("halt_max_steps", "H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
-
-    @field_validator("halt_exploration_prob")
-    @classmethod
-    def _probability(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError("must be a probability in [0, 1]")
-        return v
-
-    @model_validator(mode="after")
-    def _shapes(self) -> "ArchConfig":
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
-                "pick num_heads that divides hidden_size"
-            )
-        if self.pos_encodings == "rope" and (self.hidden_size // self.num_heads) % 2:
-            raise ValueError("rope needs an even head dimension (hidden_size / num_heads)")
-        if self.puzzle_emb_ndim < 0 or self.puzzle_emb_len < 0:
-            raise ValueError("puzzle_emb_ndim and puzzle_emb_len must be >= 0")
-        return self
-
-
-class WandbConfig(_Strict):
+class WandbConfig(Strict):
     mode: Literal["online", "offline", "disabled"]
     project: str | None
     entity: str | None
 
 
-class DistributedConfig(_Strict):
+class DistributedConfig(Strict):
     """Multi-host initialisation; null fields are auto-detected (Cloud TPU, SLURM) or read
     from TRM_COORDINATOR_ADDRESS / TRM_NUM_PROCESSES / TRM_PROCESS_ID."""
 
@@ -94,7 +37,7 @@ class DistributedConfig(_Strict):
     shutdown_timeout_seconds: int
 
 
-class CurriculumConfig(_Strict):
+class CurriculumConfig(Strict):
     """Recursion-depth curriculum: cycles grow linearly from the start values to the
     architecture's values over the first `epochs` epochs (contribution 1)."""
 
@@ -104,7 +47,7 @@ class CurriculumConfig(_Strict):
     epochs: float
 
 
-class HaltExplorationSchedule(_Strict):
+class HaltExplorationSchedule(Strict):
     """Anneal halt_exploration_prob linearly from `start` to `end` over the run
     (contribution 2); disabled means the architecture's fixed value."""
 
@@ -113,7 +56,7 @@ class HaltExplorationSchedule(_Strict):
     end: float
 
 
-class SmokeConfig(_Strict):
+class SmokeConfig(Strict):
     """`smoke.enabled=true` shrinks any experiment so it finishes on a CPU in seconds."""
 
     enabled: bool
@@ -129,7 +72,7 @@ class EvaluatorConfig(BaseModel):
     name: str
 
 
-class PretrainConfig(_Strict):
+class PretrainConfig(Strict):
     arch: ArchConfig
     # Data
     data_paths: list[str]
@@ -180,7 +123,7 @@ class PretrainConfig(_Strict):
     smoke: SmokeConfig
 
     @model_validator(mode="after")
-    def _values(self) -> "PretrainConfig":
+    def _values(self) -> PretrainConfig:
         if self.global_batch_size < 1 or self.grad_accum_steps < 1:
             raise ValueError("global_batch_size and grad_accum_steps must be >= 1")
         if self.global_batch_size % self.grad_accum_steps:
@@ -206,7 +149,9 @@ class PretrainConfig(_Strict):
         if self.mesh_model != 1:
             raise ValueError("mesh_model > 1 (tensor parallelism) is not implemented; use 1")
         c = self.curriculum
-        if c.enabled and not (1 <= c.start_L_cycles <= self.arch.L_cycles and 1 <= c.start_H_cycles <= self.arch.H_cycles):
+        if c.enabled and not (
+            1 <= c.start_L_cycles <= self.arch.L_cycles and 1 <= c.start_H_cycles <= self.arch.H_cycles
+        ):
             raise ValueError("curriculum start cycles must be between 1 and the architecture's cycles")
         return self
 

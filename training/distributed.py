@@ -13,7 +13,11 @@ from jax.experimental import multihost_utils
 
 from training.config import ConfigError, DistributedConfig
 
-_ENV = {"coordinator_address": "TRM_COORDINATOR_ADDRESS", "num_processes": "TRM_NUM_PROCESSES", "process_id": "TRM_PROCESS_ID"}
+_ENV = {
+    "coordinator_address": "TRM_COORDINATOR_ADDRESS",
+    "num_processes": "TRM_NUM_PROCESSES",
+    "process_id": "TRM_PROCESS_ID",
+}
 
 
 def _auto_detected() -> bool:
@@ -66,7 +70,7 @@ def _allgather_bytes(payload: bytes) -> list[bytes]:
     buf = np.zeros(int(lengths.max()), np.uint8)
     buf[: len(payload)] = np.frombuffer(payload, np.uint8)
     gathered = multihost_utils.process_allgather(buf).reshape(len(lengths), -1)
-    return [bytes(row[:n]) for row, n in zip(gathered, lengths)]
+    return [bytes(row[:n]) for row, n in zip(gathered, lengths, strict=False)]
 
 
 def assert_consistent(what: str, data: dict[str, Any]) -> None:

@@ -20,7 +20,11 @@ SUM_KEYS = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss",
 
 def accumulate_train(window: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
     """Add one step's metric sums to the logging window; rates (lr, loss scale) keep the latest."""
-    out = {k: (window[k] + m[k] if k in window else m[k]) for k in (*SUM_KEYS, "count", "halt_step_hist", "skipped") if k in m}
+    out = {
+        k: (window[k] + m[k] if k in window else m[k])
+        for k in (*SUM_KEYS, "count", "halt_step_hist", "skipped")
+        if k in m
+    }
     out.update(lr=m["lr"], loss_scale=m["loss_scale"], num_steps=window.get("num_steps", 0) + 1)
     return out
 
@@ -51,7 +55,9 @@ def reduce_eval(sums: dict[str, Any], set_name: str) -> dict[str, Any]:
 class RunLogger:
     """Writes only on the main process; every other process gets a no-op logger."""
 
-    def __init__(self, paths: RunPaths, cfg: PretrainConfig, raw_cfg, *, is_main: bool, total_steps: int, start_step: int):
+    def __init__(
+        self, paths: RunPaths, cfg: PretrainConfig, raw_cfg, *, is_main: bool, total_steps: int, start_step: int
+    ):
         self.is_main = is_main
         self.paths = paths
         self._wandb = None
@@ -66,10 +72,20 @@ class RunLogger:
             import wandb
 
             # A deterministic id lets a resumed run continue the same W&B run.
-            run_id = hashlib.sha1(f"{cfg.experiment_group}/{cfg.experiment_name}/{paths.run_dir}".encode()).hexdigest()[:16]
-            self._wandb = wandb.init(project=paths.wandb_project, entity=cfg.wandb.entity, name=cfg.experiment_name,
-                                     group=cfg.experiment_group, config=cfg.model_dump(), mode=cfg.wandb.mode,
-                                     dir=paths.run_dir, id=run_id, resume="allow")
+            run_id = hashlib.sha1(f"{cfg.experiment_group}/{cfg.experiment_name}/{paths.run_dir}".encode()).hexdigest()[
+                :16
+            ]
+            self._wandb = wandb.init(
+                project=paths.wandb_project,
+                entity=cfg.wandb.entity,
+                name=cfg.experiment_name,
+                group=cfg.experiment_group,
+                config=cfg.model_dump(),
+                mode=cfg.wandb.mode,
+                dir=paths.run_dir,
+                id=run_id,
+                resume="allow",
+            )
         self._bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, mininterval=1.0)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:

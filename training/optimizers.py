@@ -78,7 +78,9 @@ def build_optimizer(cfg: PretrainConfig, total_steps: int) -> optax.GradientTran
     return optax.lion(lr, b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay)
 
 
-def sign_sgd_sparse_update(table_NxE: jax.Array, ids_B: jax.Array, grads_BxE: jax.Array, lr, weight_decay: float) -> jax.Array:
+def sign_sgd_sparse_update(
+    table_NxE: jax.Array, ids_B: jax.Array, grads_BxE: jax.Array, lr, weight_decay: float
+) -> jax.Array:
     """The official sparse-embedding SignSGD: sum the gradient rows per unique id, then for each
     id present w <- w (1 - lr wd) - lr sign(G). Absent rows are untouched (not even decayed)."""
     B = ids_B.shape[0]

@@ -10,8 +10,8 @@ from training.config import PretrainConfig
 
 @dataclass(frozen=True)
 class RunPaths:
-    run_dir: str           # resolved config, metrics.jsonl, summary.json
-    checkpoint_dir: str    # Orbax CheckpointManager root (local path or gs:// URL)
+    run_dir: str  # resolved config, metrics.jsonl, summary.json
+    checkpoint_dir: str  # Orbax CheckpointManager root (local path or gs:// URL)
     wandb_project: str
 
     @property

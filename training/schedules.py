@@ -17,7 +17,9 @@ def recursion_depth(cfg: PretrainConfig, epochs_done: float) -> tuple[int, int]:
     if not c.enabled:
         return a.H_cycles, a.L_cycles
     f = min(1.0, epochs_done / c.epochs) if c.epochs > 0 else 1.0
-    return round(c.start_H_cycles + f * (a.H_cycles - c.start_H_cycles)), round(c.start_L_cycles + f * (a.L_cycles - c.start_L_cycles))
+    return round(c.start_H_cycles + f * (a.H_cycles - c.start_H_cycles)), round(
+        c.start_L_cycles + f * (a.L_cycles - c.start_L_cycles)
+    )
 
 
 def halt_exploration_prob(cfg: PretrainConfig, step: int, total_steps: int) -> float:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA, MODEL = "data", "model"
 
@@ -20,8 +21,8 @@ DATA, MODEL = "data", "model"
 class Shardings:
     mesh: Mesh
     replicated: NamedSharding
-    rows: NamedSharding          # leading (batch) axis over `data`
-    micro_rows: NamedSharding    # [grad_accum, rows, ...]: second axis over `data`
+    rows: NamedSharding  # leading (batch) axis over `data`
+    micro_rows: NamedSharding  # [grad_accum, rows, ...]: second axis over `data`
 
     @property
     def data_size(self) -> int:

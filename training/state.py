@@ -15,15 +15,15 @@ from training.config import PretrainConfig
 
 @struct.dataclass
 class TrainState:
-    step: jax.Array            # optimizer steps taken (int32)
-    params: Any                # float32, optimised by `tx`
-    buffers: Any               # H_init / L_init, never trained
+    step: jax.Array  # optimizer steps taken (int32)
+    params: Any  # float32, optimised by `tx`
+    buffers: Any  # H_init / L_init, never trained
     opt_state: Any
-    puzzle_emb: jax.Array      # [num_puzzle_identifiers, puzzle_emb_ndim], sign-SGD
-    ema_params: Any            # EMA of params ({} when EMA is off)
-    rng: jax.Array             # raw uint32 key: checkpoints store it as plain data
-    loss_scale: jax.Array      # float16 dynamic loss scale (1.0 otherwise)
-    good_steps: jax.Array      # finite steps since the loss scale last changed
+    puzzle_emb: jax.Array  # [num_puzzle_identifiers, puzzle_emb_ndim], sign-SGD
+    ema_params: Any  # EMA of params ({} when EMA is off)
+    rng: jax.Array  # raw uint32 key: checkpoints store it as plain data
+    loss_scale: jax.Array  # float16 dynamic loss scale (1.0 otherwise)
+    good_steps: jax.Array  # finite steps since the loss scale last changed
 
     def eval_variables(self, use_ema: bool) -> dict[str, Any]:
         """Weights used for evaluation and exported checkpoints: EMA when enabled (the
@@ -31,7 +31,9 @@ class TrainState:
         return {"params": self.ema_params if use_ema else self.params, "buffers": self.buffers}
 
 
-def create_train_state(cfg: PretrainConfig, model: TRMInner, tx: optax.GradientTransformation, num_puzzle_ids: int) -> TrainState:
+def create_train_state(
+    cfg: PretrainConfig, model: TRMInner, tx: optax.GradientTransformation, num_puzzle_ids: int
+) -> TrainState:
     init_key, state_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
     variables = init_variables(model, init_key)
     params = variables["params"]
@@ -47,4 +49,3 @@ def create_train_state(cfg: PretrainConfig, model: TRMInner, tx: optax.GradientT
         loss_scale=jnp.asarray(cfg.loss_scale_init if cfg.arch.forward_dtype == "float16" else 1.0, jnp.float32),
         good_steps=jnp.zeros([], jnp.int32),
     )
-

@@ -11,7 +11,8 @@ dynamic loss scale. Metrics are device scalars (sums); the host divides them.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,10 +41,19 @@ def _loss_and_grads(model: TRMInner, cfg: PretrainConfig, H_cycles: int, L_cycle
 
     def loss_fn(params, rows, buffers, carry, min_halt, scale):
         variables = {"params": params, "buffers": buffers}
-        new_carry, out = act_step(model, variables, carry, rows, train=True, min_halt_steps=min_halt,
-                                  H_cycles=H_cycles, L_cycles=L_cycles)
-        loss, metrics, _ = act_loss(out["logits"], out["q_halt_logits"], out["q_continue_logits"], new_carry.labels,
-                                    new_carry.halted, new_carry.steps, arch.loss_type, out.get("target_q_continue"))
+        new_carry, out = act_step(
+            model, variables, carry, rows, train=True, min_halt_steps=min_halt, H_cycles=H_cycles, L_cycles=L_cycles
+        )
+        loss, metrics, _ = act_loss(
+            out["logits"],
+            out["q_halt_logits"],
+            out["q_continue_logits"],
+            new_carry.labels,
+            new_carry.halted,
+            new_carry.steps,
+            arch.loss_type,
+            out.get("target_q_continue"),
+        )
         # The official loop backpropagates loss / global_batch_size.
         return loss * (scale / cfg.global_batch_size), (new_carry, metrics)
 
@@ -79,8 +89,17 @@ def _accumulate(run, params, rows, buffers, carry, min_halt, scale, accum: int, 
     return g, merge(g_rows), jax.tree.map(merge, new_carry), jax.tree.map(lambda m: m.sum(0), metrics)
 
 
-def make_train_step(cfg: PretrainConfig, model: TRMInner, tx: optax.GradientTransformation, total_steps: int,
-                    sh: Shardings, H_cycles: int, L_cycles: int, state_sharding, carry_sharding) -> Callable:
+def make_train_step(
+    cfg: PretrainConfig,
+    model: TRMInner,
+    tx: optax.GradientTransformation,
+    total_steps: int,
+    sh: Shardings,
+    H_cycles: int,
+    L_cycles: int,
+    state_sharding,
+    carry_sharding,
+) -> Callable:
     arch = cfg.arch
     lr_fn = make_schedule(cfg.lr, cfg, total_steps)
     puzzle_lr_fn = make_schedule(cfg.puzzle_emb_lr, cfg, total_steps)
@@ -93,22 +112,30 @@ def make_train_step(cfg: PretrainConfig, model: TRMInner, tx: optax.GradientTran
         ids = carry.puzzle_identifiers
         rows = jnp.take(state.puzzle_emb, ids, axis=0)
         min_halt = exploration_min_steps(explore_rng, ids.shape[0], exploration_prob, arch.halt_max_steps)
-        g, g_rows, new_carry, metrics = _accumulate(run, state.params, rows, state.buffers, carry, min_halt,
-                                                    state.loss_scale, cfg.grad_accum_steps, sh)
+        g, g_rows, new_carry, metrics = _accumulate(
+            run, state.params, rows, state.buffers, carry, min_halt, state.loss_scale, cfg.grad_accum_steps, sh
+        )
         g, g_rows = jax.tree.map(lambda x: x / state.loss_scale, (g, g_rows))
 
         loss_finite = jnp.isfinite(metrics["lm_loss"]) & jnp.isfinite(metrics["q_halt_loss"])
         ok = loss_finite & _all_finite((g, g_rows))
         updates, opt_state = tx.update(g, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        puzzle_emb = sign_sgd_sparse_update(state.puzzle_emb, ids, g_rows, puzzle_lr_fn(state.step), cfg.puzzle_emb_weight_decay)
-        ema = jax.tree.map(lambda e, p: cfg.ema_rate * e + (1 - cfg.ema_rate) * p, state.ema_params, params) if cfg.ema else {}
+        puzzle_emb = sign_sgd_sparse_update(
+            state.puzzle_emb, ids, g_rows, puzzle_lr_fn(state.step), cfg.puzzle_emb_weight_decay
+        )
+        ema = (
+            jax.tree.map(lambda e, p: cfg.ema_rate * e + (1 - cfg.ema_rate) * p, state.ema_params, params)
+            if cfg.ema
+            else {}
+        )
 
         def keep_if_ok(new, old):
             return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
-        params, opt_state, puzzle_emb, ema = keep_if_ok((params, opt_state, puzzle_emb, ema),
-                                                        (state.params, state.opt_state, state.puzzle_emb, state.ema_params))
+        params, opt_state, puzzle_emb, ema = keep_if_ok(
+            (params, opt_state, puzzle_emb, ema), (state.params, state.opt_state, state.puzzle_emb, state.ema_params)
+        )
         # A skipped step must not leave non-finite latents behind: those rows restart.
         new_carry = new_carry.replace(halted=new_carry.halted | ~ok)
 
@@ -118,10 +145,24 @@ def make_train_step(cfg: PretrainConfig, model: TRMInner, tx: optax.GradientTran
             loss_scale = jnp.where(ok, jnp.where(grow, loss_scale * 2, loss_scale), jnp.maximum(loss_scale / 2, 1.0))
             good_steps = jnp.where(ok & ~grow, good_steps, 0)
 
-        metrics = dict(metrics, lr=lr_fn(state.step), loss_finite=loss_finite, skipped=~ok, loss_scale=loss_scale,
-                       halt_step_hist=_halt_histogram(new_carry.steps, new_carry.halted, arch.halt_max_steps))
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, puzzle_emb=puzzle_emb,
-                                  ema_params=ema, rng=rng, loss_scale=loss_scale, good_steps=good_steps)
+        metrics = dict(
+            metrics,
+            lr=lr_fn(state.step),
+            loss_finite=loss_finite,
+            skipped=~ok,
+            loss_scale=loss_scale,
+            halt_step_hist=_halt_histogram(new_carry.steps, new_carry.halted, arch.halt_max_steps),
+        )
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            puzzle_emb=puzzle_emb,
+            ema_params=ema,
+            rng=rng,
+            loss_scale=loss_scale,
+            good_steps=good_steps,
+        )
         return new_state, new_carry, metrics
 
     return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(state_sharding, carry_sharding, sh.replicated))
@@ -134,10 +175,14 @@ def make_eval_step(cfg: PretrainConfig, model: TRMInner, sh: Shardings, H_cycles
     def one_step(variables, puzzle_emb, carry, batch):
         carry = reset_carry(carry, batch, variables["buffers"])
         rows = jnp.take(puzzle_emb, carry.puzzle_identifiers, axis=0)
-        return act_step(model, variables, carry, rows, train=False, min_halt_steps=None, H_cycles=H_cycles, L_cycles=L_cycles)
+        return act_step(
+            model, variables, carry, rows, train=False, min_halt_steps=None, H_cycles=H_cycles, L_cycles=L_cycles
+        )
 
     def eval_step(variables: dict[str, Any], puzzle_emb: jax.Array, batch: dict[str, jax.Array]):
-        carry = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sh.rows), initial_carry(model, batch["inputs"].shape[0]))
+        carry = jax.tree.map(
+            lambda x: jax.lax.with_sharding_constraint(x, sh.rows), initial_carry(model, batch["inputs"].shape[0])
+        )
 
         def body(i, c):
             carry, first_halt = c
@@ -149,8 +194,15 @@ def make_eval_step(cfg: PretrainConfig, model: TRMInner, sh: Shardings, H_cycles
         carry, first_halt = jax.lax.fori_loop(0, n - 1, body, (carry, jnp.zeros_like(carry.steps)))
         carry, out = one_step(variables, puzzle_emb, carry, batch)
         first_halt = jnp.where(first_halt == 0, n, first_halt)
-        _, metrics, preds = act_loss(out["logits"], out["q_halt_logits"], out["q_continue_logits"], carry.labels,
-                                     carry.halted, carry.steps, arch.loss_type)
+        _, metrics, preds = act_loss(
+            out["logits"],
+            out["q_halt_logits"],
+            out["q_continue_logits"],
+            carry.labels,
+            carry.halted,
+            carry.steps,
+            arch.loss_type,
+        )
         labelled = jnp.any(carry.labels != IGNORE_LABEL_ID, axis=-1)
         metrics["halt_step_hist"] = _halt_histogram(first_halt, labelled, n)
         return metrics, {"preds": preds, "q_halt_logits": out["q_halt_logits"]}
