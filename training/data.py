@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 def _generate_if_missing(cfg: PretrainConfig) -> None:
     path = cfg.data_paths[0]
     if cfg.data_generator == "quickstart":
-        ensure_quickstart_dataset(path, seed=cfg.seed)
+        # The dataset is fixed (seed 0) whatever the training seed: seeds vary the model, not the data.
+        ensure_quickstart_dataset(path)
     elif cfg.data_generator == "smoke":
         build_atomically(path, lambda staging: build_smoke_dataset(staging, cfg.smoke.num_puzzles, cfg.seed))
 
