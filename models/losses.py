@@ -46,6 +46,15 @@ def softmax_cross_entropy(
 LOSSES = {"stablemax_cross_entropy": stablemax_cross_entropy, "softmax_cross_entropy": softmax_cross_entropy}
 
 
+def answer_quality(preds_BxL: jax.Array, labels_BxL: jax.Array) -> dict[str, jax.Array]:
+    """Per row: `accuracy` (fraction of labelled tokens right), `exact` (all right) and `labelled`
+    (has at least one label), the quantities the official metrics sum."""
+    mask = labels_BxL != IGNORE_LABEL_ID
+    counts = mask.sum(-1)
+    right = (mask & (preds_BxL == labels_BxL)).sum(-1)
+    return {"accuracy": right / jnp.maximum(counts, 1), "exact": right == counts, "labelled": counts > 0}
+
+
 def act_loss(
     logits_BxLxV, q_halt_B, q_continue_B, labels_BxL, halted_B, steps_B, loss_type: str, target_q_continue_B=None
 ):

@@ -22,7 +22,7 @@ def accumulate_train(window: dict[str, Any], m: dict[str, Any]) -> dict[str, Any
     """Add one step's metric sums to the logging window; rates (lr, loss scale) keep the latest."""
     out = {
         k: (window[k] + m[k] if k in window else m[k])
-        for k in (*SUM_KEYS, "count", "halt_step_hist", "skipped")
+        for k in (*SUM_KEYS, "count", "halt_step_hist", "skipped", "new_rows")
         if k in m
     }
     out.update(lr=m["lr"], loss_scale=m["loss_scale"], num_steps=window.get("num_steps", 0) + 1)
@@ -37,18 +37,41 @@ def reduce_train(m: dict[str, Any], global_batch_size: int) -> dict[str, Any]:
     out = {f"train/{k}": float(m[k]) / (rows if k.endswith("loss") else count) for k in SUM_KEYS if k in m}
     out["train/count"] = float(m["count"])
     out["train/halt_step_hist"] = np.asarray(m["halt_step_hist"]).tolist()
+    # How much of each batch was fresh puzzles: 1 / (average ACT steps) once halting settles.
+    out["train/new_data_fraction"] = float(m["new_rows"]) / rows
     for k in ("lr", "loss_scale"):
         out[f"train/{k}"] = float(m[k])
     out["train/skipped"] = int(m["skipped"])
     return out
 
 
+# Evaluation sums with one value per ACT step (index i = after step i + 1), and the adaptive
+# answer's sums (each row stops at its first q_halt > 0).
+PER_STEP_KEYS = ("accuracy_per_step", "exact_accuracy_per_step", "q_halt_accuracy_per_step", "halt_fraction_per_step")
+ADAPTIVE_KEYS = ("adaptive_accuracy", "adaptive_exact_accuracy", "adaptive_steps")
+
+
 def reduce_eval(sums: dict[str, Any], set_name: str) -> dict[str, Any]:
-    """Official evaluation divides every metric, losses included, by the count."""
+    """Official evaluation divides every metric, losses included, by the count. Per-ACT-step and
+    adaptive metrics are divided by the same count (every labelled row)."""
     count = max(float(sums["count"]), 1.0)
-    out = {f"eval/{set_name}/{k}": float(sums[k]) / count for k in SUM_KEYS if k in sums}
+    out = {f"eval/{set_name}/{k}": float(sums[k]) / count for k in (*SUM_KEYS, *ADAPTIVE_KEYS) if k in sums}
+    out.update(
+        {f"eval/{set_name}/{k}": (np.asarray(sums[k], np.float64) / count).tolist() for k in PER_STEP_KEYS if k in sums}
+    )
     out[f"eval/{set_name}/count"] = float(sums["count"])
     out[f"eval/{set_name}/halt_step_hist"] = np.asarray(sums["halt_step_hist"]).tolist()
+    return out
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    """W&B charts scalars: a per-ACT-step list becomes one series per step (`key/1`, `key/2`, ...)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, list):
+            out.update({f"{k}/{i + 1}": x for i, x in enumerate(v)})
+        else:
+            out[k] = v
     return out
 
 
@@ -94,7 +117,7 @@ class RunLogger:
         self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")
         self._metrics.flush()
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in metrics.items() if not isinstance(v, list)}, step=step)
+            self._wandb.log(_scalars(metrics), step=step)
 
     def progress(self, step: int, postfix: dict[str, Any]) -> None:
         if self._bar is not None:

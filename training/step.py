@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from models.act import Carry, act_step, exploration_min_steps, initial_carry, reset_carry
-from models.losses import IGNORE_LABEL_ID, act_loss
+from models.losses import act_loss, answer_quality
 from models.trm import TRMInner
 from training.config import PretrainConfig
 from training.optimizers import make_schedule, sign_sgd_sparse_update
@@ -108,6 +108,8 @@ def make_train_step(
 
     def train_step(state: TrainState, carry: Carry, batch: dict[str, jax.Array], exploration_prob):
         rng, explore_rng = jax.random.split(state.rng)
+        # Rows that halted on the previous step load new data now; the rest keep their puzzle.
+        new_rows = carry.halted.sum()
         carry = reset_carry(carry, batch, state.buffers)
         ids = carry.puzzle_identifiers
         rows = jnp.take(state.puzzle_emb, ids, axis=0)
@@ -151,6 +153,7 @@ def make_train_step(
             loss_finite=loss_finite,
             skipped=~ok,
             loss_scale=loss_scale,
+            new_rows=new_rows,
             halt_step_hist=_halt_histogram(new_carry.steps, new_carry.halted, arch.halt_max_steps),
         )
         new_state = state.replace(
@@ -180,31 +183,49 @@ def make_eval_step(cfg: PretrainConfig, model: TRMInner, sh: Shardings, H_cycles
         )
 
     def eval_step(variables: dict[str, Any], puzzle_emb: jax.Array, batch: dict[str, jax.Array]):
-        carry = jax.tree.map(
-            lambda x: jax.lax.with_sharding_constraint(x, sh.rows), initial_carry(model, batch["inputs"].shape[0])
-        )
+        B = batch["inputs"].shape[0]
+        carry = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sh.rows), initial_carry(model, B))
 
-        def body(i, c):
-            carry, first_halt = c
+        def body(c, _):
+            carry, first_halt_B, adaptive, _ = c
             carry, out = one_step(variables, puzzle_emb, carry, batch)
-            # The step at which the Q head would have halted this row during training.
-            first_halt = jnp.where((first_halt == 0) & (out["q_halt_logits"] > 0), i + 1, first_halt)
-            return carry, first_halt
+            _, metrics, preds = act_loss(
+                out["logits"],
+                out["q_halt_logits"],
+                out["q_continue_logits"],
+                carry.labels,
+                carry.halted,
+                carry.steps,
+                arch.loss_type,
+            )
+            quality = answer_quality(preds, carry.labels)
+            counted = quality["labelled"]
+            would_halt_B = out["q_halt_logits"] > 0
+            # The adaptive answer: the prediction at the first step whose Q head says halt (the
+            # step training would have stopped at), else at halt_max_steps.
+            first_B = (first_halt_B == 0) & (would_halt_B | (carry.steps >= n))
+            first_halt_B = jnp.where(first_B, carry.steps, first_halt_B)
+            adaptive = jax.tree.map(lambda new, old: jnp.where(first_B, new, old), quality, adaptive)
+            per_step = {
+                "accuracy": jnp.sum(jnp.where(counted, quality["accuracy"], 0.0)),
+                "exact_accuracy": (counted & quality["exact"]).sum(),
+                "q_halt_accuracy": (counted & ((out["q_halt_logits"] >= 0) == quality["exact"])).sum(),
+                "halt_fraction": (counted & would_halt_B).sum(),
+            }
+            return (carry, first_halt_B, adaptive, (preds, out["q_halt_logits"])), (metrics, per_step)
 
-        carry, first_halt = jax.lax.fori_loop(0, n - 1, body, (carry, jnp.zeros_like(carry.steps)))
-        carry, out = one_step(variables, puzzle_emb, carry, batch)
-        first_halt = jnp.where(first_halt == 0, n, first_halt)
-        _, metrics, preds = act_loss(
-            out["logits"],
-            out["q_halt_logits"],
-            out["q_continue_logits"],
-            carry.labels,
-            carry.halted,
-            carry.steps,
-            arch.loss_type,
-        )
-        labelled = jnp.any(carry.labels != IGNORE_LABEL_ID, axis=-1)
-        metrics["halt_step_hist"] = _halt_histogram(first_halt, labelled, n)
-        return metrics, {"preds": preds, "q_halt_logits": out["q_halt_logits"]}
+        no_answer = {"accuracy": jnp.zeros(B), "exact": jnp.zeros(B, bool), "labelled": jnp.zeros(B, bool)}
+        last = (jnp.zeros_like(carry.labels), jnp.zeros(B, jnp.float32))
+        init = (carry, jnp.zeros_like(carry.steps), no_answer, last)
+        (carry, first_halt_B, adaptive, (preds, q_halt)), (metrics, per_step) = jax.lax.scan(body, init, length=n)
+        # Evaluation runs every row through all halt_max_steps: the official metrics are the last step's.
+        metrics = jax.tree.map(lambda x: x[-1], metrics)
+        counted = adaptive["labelled"]
+        metrics.update({f"{k}_per_step": v for k, v in per_step.items()})
+        metrics["adaptive_accuracy"] = jnp.sum(jnp.where(counted, adaptive["accuracy"], 0.0))
+        metrics["adaptive_exact_accuracy"] = (counted & adaptive["exact"]).sum()
+        metrics["adaptive_steps"] = jnp.sum(jnp.where(counted, first_halt_B, 0))
+        metrics["halt_step_hist"] = _halt_histogram(first_halt_B, counted, n)
+        return metrics, {"preds": preds, "q_halt_logits": q_halt, "halt_step": first_halt_B}
 
     return jax.jit(eval_step, out_shardings=(sh.replicated, sh.rows))
