@@ -33,8 +33,7 @@ import jax
 import numpy as np
 
 from models.act import initial_carry
-from models.config import ArchConfig
-from models.layers import swiglu_width
+from models.flops import analytic_flops
 from models.trm import ModelDims, build_model, num_parameters, puzzle_prefix_len
 from training.config import compose, validate
 from training.optimizers import build_optimizer
@@ -84,33 +83,6 @@ def build_config(preset: str, batch_size: int | None, tiny: bool, overrides: lis
             [*PRESETS[preset].overrides, *(TINY if tiny else []), f"global_batch_size={batch_size}", *overrides],
         )
     )
-
-
-def swiglu_matmul_params(width: int, expansion: float) -> int:
-    inter = swiglu_width(width, expansion)
-    return width * 2 * inter + inter * width  # gate_up_proj + down_proj
-
-
-def block_flops(arch: ArchConfig, B: int, S: int) -> int:
-    """Matmul FLOPs of one Block application on [B, S, D]."""
-    D = arch.hidden_size
-    flops = 2 * B * S * swiglu_matmul_params(D, arch.expansion)
-    if arch.mlp_t:
-        # The token SwiGLU maps S -> S for each of the B*D (row, channel) pairs.
-        return flops + 2 * B * D * swiglu_matmul_params(S, arch.expansion)
-    return flops + 2 * B * S * (3 * D * D + D * D) + 4 * B * S * S * D
-
-
-def analytic_flops(arch: ArchConfig, dims: ModelDims, B: int, H_cycles: int, L_cycles: int) -> dict[str, int]:
-    """Matmul FLOPs of one training step (formula in the module docstring)."""
-    S, D = dims.seq_len + puzzle_prefix_len(arch), arch.hidden_size
-    block = block_flops(arch, B, S)
-    heads = 2 * B * S * D * dims.vocab_size + 2 * B * D * 2
-    forward = H_cycles * (L_cycles + 1) * arch.L_layers * block + heads
-    # Earlier cycles run under stop_gradient; backward costs 2x forward (input and weight grads).
-    backward = 2 * ((L_cycles + 1) * arch.L_layers * block + heads)
-    target = forward if not arch.no_ACT_continue and arch.halt_max_steps > 1 else 0
-    return {"forward": forward + target, "backward": backward, "total": forward + target + backward}
 
 
 def synthetic_batch(dims: ModelDims, local_rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
