@@ -30,13 +30,13 @@ def _cfg(*overrides: str):
     return validate(compose("quickstart", [*ARCH, "ema=true", *overrides]))
 
 
-def _state(cfg, seed: int):
+def _state(cfg, seed: int, dims: ModelDims = DIMS):
     """A train state of random numbers in the real shapes and dtypes (no compilation), so the
     EMA weights, the raw weights and the puzzle table all differ and a test can tell which one
     was exported."""
-    model = build_model(cfg.arch, DIMS)
+    model = build_model(cfg.arch, dims)
     tx = build_optimizer(cfg, 100)
-    shapes = jax.eval_shape(lambda: create_train_state(cfg, model, tx, DIMS.num_puzzle_identifiers))
+    shapes = jax.eval_shape(lambda: create_train_state(cfg, model, tx, dims.num_puzzle_identifiers))
     rng = np.random.default_rng(seed)
     state = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
     carry = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(lambda: initial_carry(model, 4)))

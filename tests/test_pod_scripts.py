@@ -97,21 +97,34 @@ def test_prepare_data_runs_a_builder_or_copies_from_gcs(dry_run):
     )
 
 
-def test_launch_starts_pretrain_detached_with_a_log_per_worker(dry_run):
+def test_launch_runs_preflight_then_starts_pretrain_detached_with_a_log_per_worker(dry_run):
     [argv] = dry_run("launch.sh", "cfg_pretrain", "data_paths=[gs://b/d]", "lr=1e-4")
     remote = _remote(argv)
     words = shlex.split(remote)
-    start = words.index("nohup")
-    assert words[start : start + 7] == [
-        "nohup",
+    config = ["--config-name", "cfg_pretrain", "data_paths=[gs://b/d]", "lr=1e-4"]
+    check = words.index("scripts/preflight.py")
+    assert words[check - 1 : check + 7] == [
         ".venv/bin/python",
-        "pretrain_jax.py",
-        "--config-name",
-        "cfg_pretrain",
-        "data_paths=[gs://b/d]",
-        "lr=1e-4",
+        "scripts/preflight.py",
+        "--expect-platform",
+        "tpu",
+        *config,
     ]
+    start = words.index("nohup")
+    assert check < start
+    assert words[start : start + 7] == ["nohup", ".venv/bin/python", "pretrain_jax.py", *config]
     assert "> logs/cfg_pretrain.log 2>&1 < /dev/null & echo $! > logs/cfg_pretrain.pid" in remote
+    # Training starts only if the pre-flight check passed on this worker.
+    assert '|| { echo "$(hostname): preflight failed; cfg_pretrain not started" >&2; exit 1; }; } && {' in remote
+
+
+def test_launch_can_skip_the_preflight_check(dry_run):
+    [argv] = dry_run("launch.sh", "--skip-preflight", "quickstart", "lr=1e-3")
+    remote = _remote(argv)
+    assert "preflight" not in remote
+    words = shlex.split(remote)
+    start = words.index("nohup")
+    assert words[start + 2 : start + 6] == ["pretrain_jax.py", "--config-name", "quickstart", "lr=1e-3"]
 
 
 def test_tail_logs_and_stop(dry_run):
@@ -180,9 +193,14 @@ case "$4" in
 esac
 """
 
-# Stands in for the venv's python on the worker: records its arguments, then trains forever.
+# Stands in for the venv's python on the worker: the pre-flight check records its arguments and
+# exits with $FAKE_PREFLIGHT_EXIT; training records its arguments, then trains forever.
 FAKE_PYTHON = """\
 #!/usr/bin/env bash
+if [[ "$1" == scripts/preflight.py ]]; then
+  echo "python $*" >> preflight.txt
+  exit "${FAKE_PREFLIGHT_EXIT:-0}"
+fi
 echo "python $*"
 exec sleep 120
 """
@@ -207,8 +225,15 @@ def test_sync_launch_tail_stop_on_a_fake_worker(tmp_path):
     venv_python.parent.mkdir(parents=True)
     venv_python.write_text(FAKE_PYTHON)
     venv_python.chmod(0o755)
+    failing = _run("launch.sh", "quickstart", bin_dir=bin_dir, env={**env, "FAKE_PREFLIGHT_EXIT": "1"})
+    assert failing.returncode == 1 and "preflight failed; quickstart not started" in failing.stderr
+    assert not (checkout / "logs" / "quickstart.pid").exists() and not (checkout / "logs" / "quickstart.log").exists()
+
     launched = _run("launch.sh", "quickstart", "lr=1e-3", "run_dir=runs/a b", bin_dir=bin_dir, env=env)
     assert launched.returncode == 0, launched.stderr
+    assert (checkout / "preflight.txt").read_text().splitlines()[-1] == (
+        "python scripts/preflight.py --expect-platform tpu --config-name quickstart lr=1e-3 run_dir=runs/a b"
+    )
     pid = int((checkout / "logs" / "quickstart.pid").read_text())
     try:
         log = checkout / "logs" / "quickstart.log"
