@@ -10,23 +10,35 @@ import hashlib
 
 import numpy as np
 
-from dataset.common import DatasetError, dihedral_transform, inverse_dihedral_transform
+from dataset.errors import DatasetError
+from dataset.transforms import dihedral_transform, inverse_dihedral_transform
 
 CANVAS = 30
 PAD, EOS, COLOUR_OFFSET = 0, 1, 2
 SEPARATOR = "|||"  # official augmentation-name separator: "<task>|||t<dihedral>|||<colour map digits>"
 
 
-def grid_to_np(grid: list[list[int]], where: str = "grid") -> np.ndarray:
-    arr = np.asarray(grid)
-    if (
-        arr.ndim != 2
-        or not (0 < arr.shape[0] <= CANVAS and 0 < arr.shape[1] <= CANVAS)
-        or arr.min() < 0
-        or arr.max() > 9
-    ):
-        raise DatasetError(f"{where}: expected a 1..30 x 1..30 grid of colours 0..9, got shape {arr.shape}")
-    return arr.astype(np.uint8)
+def grid_to_np(grid: object, where: str = "grid") -> np.ndarray:
+    """A JSON grid (list of equal-length rows of integer colours 0..9, at most 30x30) as uint8."""
+    expected = f"expected 1..{CANVAS} rows of 1..{CANVAS} integer colours 0..9"
+    if not isinstance(grid, list) or not all(isinstance(row, list) for row in grid):
+        raise DatasetError(f"{where}: {expected}, got {type(grid).__name__} {_abbrev(grid)}")
+    widths = sorted({len(row) for row in grid})
+    if len(widths) > 1:
+        raise DatasetError(f"{where}: rows of different lengths {widths} (a ragged grid); {expected}")
+    for r, row in enumerate(grid):
+        for c, cell in enumerate(row):
+            if type(cell) is not int or not 0 <= cell <= 9:  # bool and float are not colours
+                raise DatasetError(f"{where}: cell {cell!r} at row {r}, column {c}; {expected}")
+    arr = np.asarray(grid, np.uint8).reshape(len(grid), widths[0] if widths else 0)
+    if not (0 < arr.shape[0] <= CANVAS and 0 < arr.shape[1] <= CANVAS):
+        raise DatasetError(f"{where}: shape {arr.shape}; {expected}")
+    return arr
+
+
+def _abbrev(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def grid_hash(grid: np.ndarray) -> str:

@@ -20,25 +20,74 @@ import time
 import numpy as np
 
 from dataset.arc_grids import CANVAS, augment, augmentation_name, examples_hash, grid_to_np, random_offset, to_sequences
-from dataset.common import BLANK_IDENTIFIER, DatasetError, write_identifiers, write_manifest, write_split
+from dataset.cli import non_negative_int
+from dataset.errors import DatasetError
+from dataset.format import BLANK_IDENTIFIER, write_identifiers, write_split
+from dataset.manifest import write_manifest
 
 RETRIES_PER_AUGMENTATION = 5
 Examples = list[tuple[np.ndarray, np.ndarray]]
 
 
-def load_tasks(prefix: str, subset: str) -> dict[str, dict]:
-    """Tasks of `<prefix>_<subset>_challenges.json`, test outputs filled from the solutions file."""
+def load_tasks(prefix: str, subset: str, *, hidden_solutions: bool = False) -> dict[str, dict]:
+    """Tasks of `<prefix>_<subset>_challenges.json`, test outputs filled from the solutions file.
+
+    With `hidden_solutions` (a test set whose answers are withheld, as on Kaggle) a missing
+    solutions file is allowed and the unknown outputs are [[0]], as in the official builder.
+    """
     path = f"{prefix}_{subset}_challenges.json"
-    if not os.path.exists(path):
-        raise DatasetError(f"{path} not found; check --input-file-prefix and --subsets")
-    with open(path) as f:
-        tasks = json.load(f)
-    solutions_path = f"{prefix}_{subset}_solutions.json"
-    solutions = json.load(open(solutions_path)) if os.path.exists(solutions_path) else {}
+    tasks = _read_json_object(path, "check --input-file-prefix and --subsets")
+    if not tasks:
+        raise DatasetError(f"{path}: holds no tasks; check the file")
     for name, task in tasks.items():
-        for i, pair in enumerate(task["test"]):
-            pair.setdefault("output", solutions[name][i] if name in solutions else [[0]])
+        _check_task(task, f"{path} task {name}")
+    if all("output" in pair for task in tasks.values() for pair in task["test"]):
+        return tasks
+    solutions_path = f"{prefix}_{subset}_solutions.json"
+    if hidden_solutions and not os.path.exists(solutions_path):
+        solutions = {name: [[[0]]] * len(task["test"]) for name, task in tasks.items()}
+    else:
+        solutions = _read_json_object(
+            solutions_path, "the test outputs are needed (for a hidden test set pass --hidden-test-solutions)"
+        )
+    for name, task in tasks.items():
+        missing = [i for i, pair in enumerate(task["test"]) if "output" not in pair]
+        known = solutions.get(name)
+        if missing and (not isinstance(known, list) or len(known) <= missing[-1]):
+            raise DatasetError(
+                f"{solutions_path}: no solution for test input {missing[-1]} of task {name}; "
+                "use the solutions file that belongs to the challenges file"
+            )
+        for i in missing:
+            task["test"][i]["output"] = known[i]
     return tasks
+
+
+def _read_json_object(path: str, hint: str) -> dict:
+    if not os.path.exists(path):
+        raise DatasetError(f"{path} not found; {hint}")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e}); the file may be truncated, download it again") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object of task name -> task, got {type(data).__name__}")
+    return data
+
+
+def _check_task(task: object, where: str) -> None:
+    """The keys the builder reads: {"train": [{"input", "output"}...], "test": [{"input"}...]}."""
+    if not isinstance(task, dict) or not all(isinstance(task.get(split), list) for split in ("train", "test")):
+        raise DatasetError(f'{where}: expected an object with "train" and "test" lists of pairs')
+    for split, keys in (("train", ("input", "output")), ("test", ("input",))):
+        for i, pair in enumerate(task[split]):
+            absent = [key for key in keys if not isinstance(pair, dict) or key not in pair]
+            if absent:
+                raise DatasetError(f"{where}: {split} pair {i} has no {' or '.join(map(repr, absent))}")
+    for split in ("train", "test"):
+        if not task[split]:
+            raise DatasetError(f"{where}: no {split} pairs; every task needs demonstrations and a test input")
 
 
 def task_versions(
@@ -68,10 +117,14 @@ def collect(args: argparse.Namespace, rng: np.random.Generator) -> tuple[dict[st
     groups: dict[str, list] = {"train": [], "test": []}
     test_tasks = {}
     for subset in args.subsets:
-        for name, task in load_tasks(args.input_file_prefix, subset).items():
-            where = f"{args.input_file_prefix}_{subset} task {name}"
+        hidden = args.hidden_test_solutions and subset == args.test_set_name
+        for name, task in load_tasks(args.input_file_prefix, subset, hidden_solutions=hidden).items():
+            where = f"{args.input_file_prefix}_{subset}_challenges.json task {name}"
             examples = {
-                split: [(grid_to_np(p["input"], where), grid_to_np(p["output"], where)) for p in task[split]]
+                split: [
+                    tuple(grid_to_np(pair[key], f"{where} {split} pair {i} {key}") for key in ("input", "output"))
+                    for i, pair in enumerate(task[split])
+                ]
                 for split in ("train", "test")
             }
             if subset == args.test_set_name:
@@ -112,6 +165,11 @@ def split_arrays(
 
 
 def build(args: argparse.Namespace) -> None:
+    if args.test_set_name not in args.subsets:
+        raise DatasetError(
+            f"--test-set-name {args.test_set_name!r} is not among --subsets {args.subsets}: the test split would be "
+            "empty; add it to --subsets"
+        )
     rng = np.random.default_rng(args.seed)
     groups, test_tasks = collect(args, rng)
     identifiers = {BLANK_IDENTIFIER: 0}
@@ -138,7 +196,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--subsets", nargs="+", default=["training", "evaluation", "concept"])
     p.add_argument("--test-set-name", default="evaluation")
-    p.add_argument("--num-aug", type=int, default=1000)
+    p.add_argument("--num-aug", type=non_negative_int, default=1000)
+    p.add_argument(
+        "--hidden-test-solutions",
+        action="store_true",
+        help="the test set's solutions file is withheld (Kaggle): build its test split with unknown outputs",
+    )
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     start = time.perf_counter()

@@ -2,7 +2,7 @@
 
     python dataset/build_maze_dataset.py --source DIR --output-dir OUT [--subsample-size N] [--aug] [--seed S]
     python dataset/build_maze_dataset.py generate --output-dir DIR --num-train N --num-test M
-        [--min-path-length L] [--seed S]
+        [--min-path-length L] [--max-attempts A] [--seed S]
 
 30x30 grids flattened to 900 characters of "# SGo" (wall, open, start, goal, path); token = index + 1.
 """
@@ -14,21 +14,13 @@ import sys
 
 import numpy as np
 
-from dataset.common import (
-    BLANK_IDENTIFIER,
-    DatasetError,
-    builder_parsers,
-    chars_to_codes,
-    dihedral_transform,
-    parse_builder_args,
-    read_puzzle_csv,
-    run_cli,
-    write_csv,
-    write_identifiers,
-    write_manifest,
-    write_split,
-)
-from dataset.maze import SIDE, generate_maze
+from dataset.cli import builder_parsers, parse_builder_args, positive_int, run_cli
+from dataset.csv_io import PuzzleCsv, chars_to_codes, read_puzzle_csv, write_csv
+from dataset.errors import DatasetError
+from dataset.format import BLANK_IDENTIFIER, write_identifiers, write_split
+from dataset.manifest import write_manifest
+from dataset.maze import MAX_ATTEMPTS, SIDE, generate_mazes
+from dataset.transforms import dihedral_transform
 
 CHARSET = "# SGo"
 _TOKENS = np.full(256, -1, np.int16)
@@ -37,20 +29,20 @@ _OPEN, _START, _GOAL, _PATH = (CHARSET.index(ch) + 1 for ch in " SGo")
 
 
 def load_split(path: str) -> tuple[np.ndarray, np.ndarray]:
-    questions, answers, _ = read_puzzle_csv(path, SIDE * SIDE)
-    q = chars_to_codes(questions, _TOKENS, path, "question")
-    a = chars_to_codes(answers, _TOKENS, path, "answer")
-    _check_mazes(q, a, path)
+    rows = read_puzzle_csv(path, SIDE * SIDE)
+    q = chars_to_codes(rows.questions, _TOKENS, csv_file=rows, what="question")
+    a = chars_to_codes(rows.answers, _TOKENS, csv_file=rows, what="answer")
+    _check_mazes(q, a, rows)
     return q, a
 
 
-def _check_mazes(q: np.ndarray, a: np.ndarray, path: str) -> None:
+def _check_mazes(q: np.ndarray, a: np.ndarray, rows: PuzzleCsv) -> None:
     """One S and one G per maze; the answer only turns open cells into path cells."""
     bad = ((q == _START).sum(1) != 1) | ((q == _GOAL).sum(1) != 1) | (q == _PATH).any(1)
     bad |= np.any((q != a) & ~((q == _OPEN) & (a == _PATH)), axis=1)
     if bad.any():
         raise DatasetError(
-            f"{path} line {np.argmax(bad) + 2}: invalid maze (needs one S and one G, and the "
+            f"{rows.path} line {rows.lines[np.argmax(bad)]}: invalid maze (needs one S and one G, and the "
             "answer may only mark open cells with 'o'); fix or drop the row"
         )
 
@@ -90,11 +82,19 @@ def build(source: str, output_dir: str, *, subsample_size: int | None = None, au
     )
 
 
-def generate(output_dir: str, *, num_train: int, num_test: int, min_path_length: int = 110, seed: int = 0) -> None:
+def generate(
+    output_dir: str,
+    *,
+    num_train: int,
+    num_test: int,
+    min_path_length: int = 110,
+    max_attempts: int = MAX_ATTEMPTS,
+    seed: int = 0,
+) -> None:
     """Write train.csv/test.csv of mazes whose BFS shortest S->G path has >= min_path_length steps."""
     rng = np.random.default_rng(seed)
     for split, count in (("train", num_train), ("test", num_test)):
-        mazes = [generate_maze(rng, min_path_length) for _ in range(count)]
+        mazes = generate_mazes(rng, count, min_path_length, max_attempts=max_attempts)
         write_csv(
             f"{output_dir}/{split}.csv",
             [m[0] for m in mazes],
@@ -106,9 +106,16 @@ def generate(output_dir: str, *, num_train: int, num_test: int, min_path_length:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     build, gen = builder_parsers("build_maze_dataset.py", __doc__, generate.__doc__)
-    build.add_argument("--subsample-size", type=int, default=None)
     build.add_argument("--aug", action="store_true", help="add the 8 dihedral transforms of each training maze")
-    gen.add_argument("--min-path-length", type=int, default=110, help="the 'hard' filter (Maze-Hard uses > 110)")
+    gen.add_argument(
+        "--min-path-length", type=positive_int, default=110, help="the 'hard' filter (Maze-Hard uses > 110)"
+    )
+    gen.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=MAX_ATTEMPTS,
+        help="give up after this many rejected mazes in a row (about 2 ms each)",
+    )
     return parse_builder_args(argv, build, gen)
 
 

@@ -3,7 +3,7 @@
     python dataset/build_sudoku_dataset.py --source DIR --output-dir OUT [--subsample-size N]
         [--num-aug K] [--min-difficulty R] [--seed S]
     python dataset/build_sudoku_dataset.py generate --output-dir DIR --num-train N --num-test M
-        [--min-rating R] [--seed S]
+        [--min-rating R] [--max-attempts A] [--seed S]
 
 DIR holds train.csv/test.csv (`source,question,answer,rating`, '.' = blank); it may be a gs:// prefix.
 """
@@ -15,20 +15,13 @@ import sys
 
 import numpy as np
 
-from dataset.common import (
-    BLANK_IDENTIFIER,
-    builder_parsers,
-    chars_to_codes,
-    parse_builder_args,
-    read_puzzle_csv,
-    run_cli,
-    write_csv,
-    write_identifiers,
-    write_manifest,
-    write_split,
-)
-from dataset.sudoku import apply_symmetries, check_solutions, random_symmetries
-from dataset.sudoku_solver import generate_puzzles
+from dataset.cli import builder_parsers, non_negative_int, parse_builder_args, positive_int, run_cli
+from dataset.csv_io import chars_to_codes, read_puzzle_csv, write_csv
+from dataset.errors import DatasetError
+from dataset.format import BLANK_IDENTIFIER, write_identifiers, write_split
+from dataset.manifest import write_manifest
+from dataset.sudoku import apply_symmetries, check_solutions, random_symmetries, sudoku_arrays
+from dataset.sudoku_solver import MAX_ATTEMPTS, generate_puzzles
 
 _DIGITS = np.full(256, -1, np.int16)
 _DIGITS[ord(".")] = 0
@@ -36,12 +29,21 @@ _DIGITS[ord("1") : ord("9") + 1] = np.arange(1, 10)
 
 
 def load_split(path: str, min_difficulty: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Read one CSV as (questions, answers) uint8 digit arrays [N, 81], 0 = blank."""
-    questions, answers, ratings = read_puzzle_csv(path, 81)
-    q = chars_to_codes(questions, _DIGITS, path, "question")
-    a = chars_to_codes(answers, _DIGITS, path, "answer")
-    keep = ratings >= min_difficulty if min_difficulty is not None else slice(None)
-    return q[keep], a[keep]
+    """Read one CSV as (questions, answers) uint8 digit arrays [N, 81], 0 = blank; every answer is
+    checked to solve its question (errors name the CSV line)."""
+    rows = read_puzzle_csv(path, 81)
+    if min_difficulty is not None:
+        keep = rows.ratings >= min_difficulty
+        if not keep.any():
+            raise DatasetError(
+                f"{path}: no puzzle has rating >= --min-difficulty {min_difficulty} "
+                f"(ratings {rows.ratings.min()}..{rows.ratings.max()}); lower it"
+            )
+        rows = rows.select(keep)
+    q = chars_to_codes(rows.questions, _DIGITS, csv_file=rows, what="question")
+    a = chars_to_codes(rows.answers, _DIGITS, csv_file=rows, what="answer")
+    check_solutions(q, a, 3, path=path, lines=rows.lines)
+    return q, a
 
 
 def augment_groups(
@@ -69,14 +71,12 @@ def build(
 ) -> None:
     rng = np.random.default_rng(seed)
     for split in ("train", "test"):
-        path = f"{source.rstrip('/')}/{split}.csv"
-        q, a = load_split(path, min_difficulty)
+        q, a = load_split(f"{source.rstrip('/')}/{split}.csv", min_difficulty)
         if split == "train" and subsample_size is not None and subsample_size < len(q):
             keep = rng.choice(len(q), subsample_size, replace=False)
             q, a = q[keep], a[keep]
         aug = num_aug if split == "train" else 0
-        q, a = augment_groups(rng, q, a, aug)
-        check_solutions(q, a, 3, path)
+        q, a = augment_groups(rng, q, a, aug)  # symmetries keep every solution valid
         write_split(
             output_dir,
             split,
@@ -94,23 +94,19 @@ def build(
     )
 
 
-def sudoku_arrays(q: np.ndarray, a: np.ndarray, group_size: int) -> dict[str, np.ndarray]:
-    """Official layout: every example its own puzzle (identifier 0); groups of `group_size` puzzles."""
-    m = len(q)
-    return {
-        "inputs": q + 1,
-        "labels": a + 1,
-        "puzzle_identifiers": np.zeros(m, np.int32),
-        "puzzle_indices": np.arange(m + 1),
-        "group_indices": np.arange(0, m + 1, group_size),
-    }
-
-
-def generate(output_dir: str, *, num_train: int, num_test: int, min_rating: int = 1, seed: int = 0) -> None:
+def generate(
+    output_dir: str,
+    *,
+    num_train: int,
+    num_test: int,
+    min_rating: int = 1,
+    max_attempts: int = MAX_ATTEMPTS,
+    seed: int = 0,
+) -> None:
     """Write train.csv/test.csv of fresh unique-solution puzzles rated by solver search effort."""
     rng = np.random.default_rng(seed)
     for split, count in (("train", num_train), ("test", num_test)):
-        triples = generate_puzzles(rng, count, min_rating)
+        triples = generate_puzzles(rng, count, min_rating, max_attempts=max_attempts)
         questions = ["".join(str(d) if d else "." for d in p) for p, _, _ in triples]
         answers = ["".join(map(str, s)) for _, s, _ in triples]
         write_csv(f"{output_dir}/{split}.csv", questions, answers, [r for _, _, r in triples], "generated")
@@ -118,10 +114,15 @@ def generate(output_dir: str, *, num_train: int, num_test: int, min_rating: int 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     build, gen = builder_parsers("build_sudoku_dataset.py", __doc__, generate.__doc__)
-    build.add_argument("--subsample-size", type=int, default=None)
-    build.add_argument("--num-aug", type=int, default=0)
-    build.add_argument("--min-difficulty", type=int, default=None)
+    build.add_argument("--num-aug", type=non_negative_int, default=0, help="symmetric copies per training puzzle")
+    build.add_argument("--min-difficulty", type=int, default=None, help="keep puzzles rated at least this")
     gen.add_argument("--min-rating", type=int, default=1, help="minimum search nodes (1 = needs guessing)")
+    gen.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=MAX_ATTEMPTS,
+        help="give up after this many rejected puzzles in a row (about 40 ms each)",
+    )
     return parse_builder_args(argv, build, gen)
 
 

@@ -6,7 +6,13 @@ from collections import deque
 
 import numpy as np
 
+from dataset.errors import DatasetError
+from dataset.rejection_sampling import sample_at_least
+
 SIDE = 30
+_INTERIOR = (SIDE - 3) ** 2  # cells the carver may open (rows and columns 1..27); a path is shorter
+# ~2 ms per draw: about 20 s of drawing before an unreachable --min-path-length is reported.
+MAX_ATTEMPTS = 10_000
 WALL, OPEN, START, GOAL, PATH = "#", " ", "S", "G", "o"
 _STEPS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 
@@ -52,17 +58,39 @@ def _bfs(open_: np.ndarray, start: tuple[int, int]) -> tuple[dict, dict]:
     return parent, distance
 
 
-def generate_maze(rng: np.random.Generator, min_path_length: int, loop_fraction: float = 0.1) -> tuple[str, str, int]:
-    """(question, answer, shortest path length) with path length >= min_path_length."""
-    while True:
+def generate_mazes(
+    rng: np.random.Generator,
+    count: int,
+    min_path_length: int,
+    *,
+    max_attempts: int = MAX_ATTEMPTS,
+    loop_fraction: float = 0.1,
+) -> list[tuple[str, str, int]]:
+    """`count` (question, answer, shortest path length) with path length >= min_path_length."""
+    if not 1 <= min_path_length < _INTERIOR:
+        raise DatasetError(
+            f"--min-path-length {min_path_length} is impossible: a {SIDE}x{SIDE} maze has paths of 1..{_INTERIOR - 1}"
+        )
+
+    def attempt() -> tuple[int, tuple[str, str, int] | None]:
         open_ = _carve(rng, loop_fraction)
         cells = np.argwhere(open_)
         start = tuple(cells[rng.integers(len(cells))])
         parent, distance = _bfs(open_, start)
         far = [cell for cell, d in distance.items() if d >= min_path_length]
-        if far:
-            goal = far[rng.integers(len(far))]
-            return _render(open_, _path(parent, goal)) + (distance[goal],)
+        if not far:
+            return max(distance.values()), None
+        goal = far[rng.integers(len(far))]
+        return distance[goal], _render(open_, _path(parent, goal)) + (distance[goal],)
+
+    return sample_at_least(
+        attempt,
+        count,
+        minimum=min_path_length,
+        max_attempts=max_attempts,
+        what="maze",
+        option="--min-path-length",
+    )
 
 
 def _path(parent: dict, cell: tuple[int, int]) -> list[tuple[int, int]]:

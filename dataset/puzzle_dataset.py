@@ -15,49 +15,24 @@ import os
 import queue
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from dataset.common import INDEX_FIELDS, TOKEN_FIELDS, DatasetError, PuzzleDatasetMetadata, read_text
-
-IGNORE_LABEL_ID = -100
-_SHARED_KEYS = ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id")
-
-
-def load_metadata(data_path: str, split: str) -> PuzzleDatasetMetadata:
-    path = f"{data_path.rstrip('/')}/{split}/dataset.json"
-    try:
-        text = read_text(path)
-    except DatasetError as e:
-        raise DatasetError(
-            f"split {split!r} missing: {path} not found; build the dataset (dataset/build_*.py) into {data_path}"
-        ) from e
-    return PuzzleDatasetMetadata.model_validate_json(text)
-
-
-def check_same_format(a: PuzzleDatasetMetadata, b: PuzzleDatasetMetadata, where_a: str, where_b: str) -> None:
-    """Datasets fed to one model must share the token format."""
-    for key in _SHARED_KEYS:
-        if getattr(a, key) != getattr(b, key):
-            raise DatasetError(
-                f"metadata key {key!r} differs: {getattr(a, key)} in {where_a} vs {getattr(b, key)} in {where_b}; "
-                "rebuild them with the same builder settings"
-            )
-
-
-def _merge_metadata(metas: Sequence[PuzzleDatasetMetadata], paths: Sequence[str]) -> PuzzleDatasetMetadata:
-    for meta, path in zip(metas[1:], paths[1:], strict=False):
-        check_same_format(metas[0], meta, paths[0], path)
-    total_puzzles = sum(m.total_puzzles for m in metas)
-    return metas[0].model_copy(
-        update=dict(
-            num_puzzle_identifiers=sum(m.num_puzzle_identifiers for m in metas),
-            total_groups=sum(m.total_groups for m in metas),
-            total_puzzles=total_puzzles,
-            mean_puzzle_examples=sum(m.mean_puzzle_examples * m.total_puzzles for m in metas) / max(total_puzzles, 1),
-        )
-    )
+from dataset.errors import DatasetError
+from dataset.format import (
+    INDEX_FIELDS,
+    TOKEN_FIELDS,
+    PuzzleDatasetMetadata,
+    check_puzzle_ids,
+    check_set,
+    check_tokens,
+    check_totals,
+    load_metadata,
+    merge_metadata,
+    merged_set_names,
+)
+from models.losses import IGNORE_LABEL_ID
 
 
 def _local_split_dir(data_path: str, split: str, cache_dir: str | None) -> str:
@@ -100,18 +75,25 @@ class PuzzleDataset:
         if not data_paths:
             raise DatasetError("data_paths is empty: name at least one dataset directory")
         metas = [load_metadata(p, split) for p in data_paths]
-        self.metadata = _merge_metadata(metas, data_paths)
+        self.metadata = merge_metadata(metas, data_paths)
+        self.data_paths = list(data_paths)
         self.split = split
         self.sets: list[tuple[str, int, int]] = []  # (name, first global example, end)
         self._tokens: list[dict[str, np.ndarray]] = []
+        self._files: list[str] = []  # `<split dir>/<set>` of each set, for messages
+        self._puzzle_spans: list[tuple[int, int]] = []  # (first global puzzle, end) of each set
         index_parts: dict[str, list[np.ndarray]] = {f: [] for f in INDEX_FIELDS}
         examples = puzzles = id_offset = 0
-        for i, (path, meta) in enumerate(zip(data_paths, metas, strict=False)):
+        names = iter(merged_set_names(metas))
+        for path, meta in zip(data_paths, metas, strict=True):
             local = _local_split_dir(path, split, cache_dir)
-            for set_name in meta.sets:
-                arrays = _load_set(local, set_name)
+            loaded = {name: _load_set(local, name, meta) for name in meta.sets}
+            check_totals(local, meta, loaded)
+            for set_name, arrays in loaded.items():
                 self._tokens.append({f: arrays[f] for f in TOKEN_FIELDS})
-                self.sets.append((set_name + (str(i) if i else ""), examples, examples + len(arrays["inputs"])))
+                self._files.append(os.path.join(local, set_name))
+                self.sets.append((next(names), examples, examples + len(arrays["inputs"])))
+                self._puzzle_spans.append((puzzles, puzzles + len(arrays["puzzle_identifiers"])))
                 ids = arrays["puzzle_identifiers"].astype(np.int64)
                 index_parts["puzzle_identifiers"].append(
                     np.where(ids == meta.blank_identifier_id, ids, ids + id_offset)
@@ -126,6 +108,26 @@ class PuzzleDataset:
         self.puzzle_indices = np.append(np.concatenate(index_parts["puzzle_indices"]), examples)
         self.group_indices = np.append(np.concatenate(index_parts["group_indices"]), puzzles)
         self._set_starts = np.array([start for _, start, _ in self.sets], np.int64)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_indices) - 1
+
+    def describe(self) -> str:
+        return f"split {self.split!r} of {', '.join(self.data_paths)}"
+
+    def check_ranges(self, *, vocab_size: int, num_puzzle_identifiers: int) -> None:
+        """Fail unless every token and puzzle identifier fits the model's embedding tables (XLA
+        clamps out-of-range gathers, so a mismatch would train silently on wrong rows). Tokens
+        were checked against dataset.json's vocab_size on opening, so they are scanned again only
+        for a smaller table."""
+        for s, prefix in enumerate(self._files):
+            if vocab_size < self.metadata.vocab_size:
+                check_tokens(
+                    prefix, self._tokens[s], vocab_size=vocab_size, ignore_label_id=self.metadata.ignore_label_id
+                )
+            first, end = self._puzzle_spans[s]
+            check_puzzle_ids(prefix, self.puzzle_identifiers[first:end], num_puzzle_identifiers=num_puzzle_identifiers)
 
     def puzzles_of(self, example_ids: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.puzzle_indices, example_ids, side="right") - 1
@@ -145,14 +147,22 @@ class PuzzleDataset:
         return {"inputs": inputs, "labels": labels, "puzzle_identifiers": self.puzzle_identifiers[puzzle_ids]}
 
 
-def _load_set(split_dir: str, set_name: str) -> dict[str, np.ndarray]:
+def _load_set(split_dir: str, set_name: str, meta: PuzzleDatasetMetadata) -> dict[str, np.ndarray]:
+    """One set's arrays, checked against its dataset.json: structure, token and identifier ranges."""
     arrays = {}
     for field in TOKEN_FIELDS + INDEX_FIELDS:
         path = os.path.join(split_dir, f"{set_name}__{field}.npy")
         if not os.path.exists(path):
             raise DatasetError(f"{path} missing; the dataset is incomplete, rebuild it")
-        # Token arrays stay on disk: each process touches only the rows of its own shard.
-        arrays[field] = np.load(path, mmap_mode="r" if field in TOKEN_FIELDS else None)
+        try:
+            # Token arrays stay on disk: each process touches only the rows of its own shard.
+            arrays[field] = np.load(path, mmap_mode="r" if field in TOKEN_FIELDS else None)
+        except (ValueError, OSError) as e:
+            raise DatasetError(f"{path}: not a readable .npy file ({e}); rebuild the dataset") from None
+    prefix = os.path.join(split_dir, set_name)
+    check_set(prefix, arrays, seq_len=meta.seq_len)
+    check_tokens(prefix, arrays, vocab_size=meta.vocab_size, ignore_label_id=meta.ignore_label_id)
+    check_puzzle_ids(prefix, arrays["puzzle_identifiers"], num_puzzle_identifiers=meta.num_puzzle_identifiers)
     return arrays
 
 
@@ -165,8 +175,6 @@ class _BatchPlanner:
     """
 
     def __init__(self, dataset: PuzzleDataset, global_batch_size: int, seed: int):
-        if dataset.num_examples == 0:
-            raise DatasetError(f"split {dataset.split!r} has no examples")
         self.dataset, self.batch_size, self.seed = dataset, global_batch_size, seed
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -223,6 +231,7 @@ class TrainSampler:
     ):
         if global_batch_size % process_count:
             raise ValueError(f"global_batch_size={global_batch_size} is not divisible by process_count={process_count}")
+        check_batch_fits(dataset, global_batch_size)
         self.dataset = dataset
         self.global_batch_size = global_batch_size
         self._planner = _BatchPlanner(dataset, global_batch_size, seed)
@@ -266,11 +275,13 @@ class TrainSampler:
         return batch
 
     def get_state(self) -> dict[str, int]:
-        return dict(self._state)
+        """The position in the global stream, plus the size of the data it refers to."""
+        return {**self._state, "groups": self.dataset.num_groups, "examples": self.dataset.num_examples}
 
-    def set_state(self, state: dict[str, int]) -> None:
+    def set_state(self, state: Mapping[str, int]) -> None:
+        """Continue from a get_state() position, which must belong to this training set."""
         self.close()
-        self._state = {k: int(state[k]) for k in ("epoch", "cursor", "batches")}
+        self._state = _position_in(self.dataset, state)
 
     def close(self) -> None:
         """Stop the prefetch thread; the next next_batch restarts it from the current state."""
@@ -284,6 +295,36 @@ class TrainSampler:
     def epochs_done(self) -> float:
         meta = self.dataset.metadata
         return self._state["batches"] * self.global_batch_size / (meta.total_groups * meta.mean_puzzle_examples)
+
+
+def check_batch_fits(dataset: PuzzleDataset, global_batch_size: int) -> None:
+    """A training batch larger than the data would repeat examples within every batch."""
+    if global_batch_size > dataset.num_examples:
+        raise DatasetError(
+            f"global_batch_size={global_batch_size} is larger than the {dataset.num_examples} examples of "
+            f"{dataset.describe()}; lower global_batch_size to at most {dataset.num_examples}, or use more data"
+        )
+
+
+def _position_in(dataset: PuzzleDataset, state: Mapping[str, int]) -> dict[str, int]:
+    """The sampler position of `state`, refused with a one-line reason when it does not fit `dataset`."""
+    fix = "resume with the data_paths the run started with, or start a new run_dir"
+    try:
+        position = {key: int(state[key]) for key in ("epoch", "cursor", "batches")}
+    except (KeyError, TypeError, ValueError):
+        raise DatasetError(f"saved data position {dict(state)} lacks integer epoch, cursor and batches") from None
+    for key, now in (("groups", dataset.num_groups), ("examples", dataset.num_examples)):
+        if key in state and int(state[key]) != now:
+            raise DatasetError(
+                f"the saved data position is for training data of {state[key]} {key}, but {dataset.describe()} "
+                f"has {now}; {fix}"
+            )
+    if min(position.values()) < 0 or position["cursor"] >= dataset.num_groups:
+        raise DatasetError(
+            f"the saved data position (epoch {position['epoch']}, group {position['cursor']}) does not fit "
+            f"{dataset.describe()} with {dataset.num_groups} groups; {fix}"
+        )
+    return position
 
 
 def eval_batches(

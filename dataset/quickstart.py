@@ -8,13 +8,17 @@ puzzle is equivalent to solution grid + blank mask), not even as an augmentation
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 
-from dataset.build_sudoku_dataset import sudoku_arrays
-from dataset.common import BLANK_IDENTIFIER, build_atomically, write_identifiers, write_manifest, write_split
-from dataset.sudoku import apply_symmetries, invalid_rows, random_symmetries
+from dataset.errors import MissingFileError
+from dataset.format import BLANK_IDENTIFIER, write_identifiers, write_split
+from dataset.manifest import build_atomically, write_manifest
+from dataset.sudoku import apply_symmetries, invalid_rows, random_symmetries, sudoku_arrays
 
+# The only path the generator fills on its own; any other missing path is a typo to report.
+QUICKSTART_PATH = "data/quickstart-sudoku4"
 NUM_TRAIN_BASE, NUM_AUG, NUM_TEST = 1000, 3, 256
 MIN_BLANKS, MAX_BLANKS = 6, 10
 
@@ -72,6 +76,20 @@ def _build(out_dir: str, seed: int) -> None:
     write_manifest(out_dir, "quickstart", {"seed": seed})
 
 
-def ensure_quickstart_dataset(path: str, seed: int = 0) -> None:
-    """Build the dataset at `path` unless a complete one (manifest written last) is there."""
+def build_quickstart_dataset(path: str, *, seed: int = 0) -> None:
+    """Build the dataset at `path` (any path: an explicit request) unless a complete one is there."""
     build_atomically(path, lambda staging: _build(staging, seed))
+
+
+def ensure_quickstart_dataset(path: str, *, seed: int = 0) -> None:
+    """Generate the dataset if `path` is QUICKSTART_PATH and does not exist yet. Anything already
+    at `path` (or any remote path) is left to the loader to check; a missing path elsewhere is
+    more likely a typo than a request, so it is an error, not a new dataset."""
+    if "://" in path or os.path.exists(path):
+        return
+    if os.path.abspath(path) != os.path.abspath(QUICKSTART_PATH):
+        raise MissingFileError(
+            f"{path}: no such dataset directory; the quick-start generator only fills {QUICKSTART_PATH}: "
+            f"check data_paths for a typo, or build the dataset (dataset/build_*.py) into {path}"
+        )
+    build_quickstart_dataset(path, seed=seed)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataset.build_sudoku_dataset import sudoku_arrays
-from dataset.common import BLANK_IDENTIFIER, write_identifiers, write_manifest, write_split
-from dataset.sudoku import apply_symmetries, random_symmetries, solved_base_grid
+from dataset.format import BLANK_IDENTIFIER, write_identifiers, write_split
+from dataset.manifest import write_manifest
+from dataset.sudoku import apply_symmetries, random_symmetries, solved_base_grid, sudoku_arrays
 
 
 def _random_puzzles(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:

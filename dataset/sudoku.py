@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataset.common import DatasetError
+from dataset.errors import DatasetError
 
 
 def solved_base_grid(n: int) -> np.ndarray:
@@ -63,10 +63,24 @@ def invalid_rows(questions: np.ndarray, answers: np.ndarray, n: int) -> np.ndarr
     return np.flatnonzero(bad)
 
 
-def check_solutions(questions: np.ndarray, answers: np.ndarray, n: int, where: str) -> None:
+def check_solutions(questions: np.ndarray, answers: np.ndarray, n: int, *, path: str, lines: np.ndarray) -> None:
+    """Every answer a valid solution of its question; `lines[i]` is the file line of row i."""
     bad = invalid_rows(questions, answers, n)
     if len(bad):
         raise DatasetError(
-            f"{where}: puzzle {bad[0]} (and {len(bad) - 1} more) has an answer that is not a valid "
-            "Sudoku solution consistent with its clues; fix or drop those rows"
+            f"{path} line {lines[bad[0]]}: the answer is not a valid Sudoku solution consistent with the clues "
+            f"(and {len(bad) - 1} more rows like it); fix or drop those rows"
         )
+
+
+def sudoku_arrays(questions: np.ndarray, answers: np.ndarray, group_size: int) -> dict[str, np.ndarray]:
+    """Grids [m, N*N] (0 = blank) in the official layout: tokens digit + 1, every example its own
+    puzzle (identifier 0), groups of `group_size` consecutive puzzles."""
+    m = len(questions)
+    return {
+        "inputs": questions + 1,
+        "labels": answers + 1,
+        "puzzle_identifiers": np.zeros(m, np.int32),
+        "puzzle_indices": np.arange(m + 1),
+        "group_indices": np.arange(0, m + 1, group_size),
+    }

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dataset.rejection_sampling import sample_at_least
+
+# ~40 ms per draw: about 40 s of drawing before an unreachable --min-rating is reported.
+MAX_ATTEMPTS = 1_000
 FULL = 0x1FF  # bit d-1 set = digit d still possible
 _ROW = [c // 9 for c in range(81)]
 _COL = [9 + c % 9 for c in range(81)]
@@ -130,12 +134,16 @@ def generate_puzzle(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return puzzle, solution
 
 
-def generate_puzzles(rng: np.random.Generator, count: int, min_rating: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
+def generate_puzzles(
+    rng: np.random.Generator, count: int, min_rating: int, *, max_attempts: int = MAX_ATTEMPTS
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """`count` (puzzle, solution, rating) triples with rating >= min_rating."""
-    out = []
-    while len(out) < count:
+
+    def attempt() -> tuple[int, tuple[np.ndarray, np.ndarray, int] | None]:
         puzzle, solution = generate_puzzle(rng)
         r = rating(puzzle)
-        if r >= min_rating:
-            out.append((puzzle, solution, r))
-    return out
+        return r, (puzzle, solution, r) if r >= min_rating else None
+
+    return sample_at_least(
+        attempt, count, minimum=min_rating, max_attempts=max_attempts, what="puzzle", option="--min-rating"
+    )

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from dataset.arc_grids import crop, grid_hash, grid_to_np, parse_augmentation
-from dataset.common import PuzzleDatasetMetadata, read_text
+from dataset.format import PuzzleDatasetMetadata
+from dataset.storage import read_text
 
 
 class ArcEvaluator:

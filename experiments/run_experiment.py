@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shlex
 import subprocess
@@ -28,6 +27,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from dataset.format import PuzzleDatasetMetadata, load_metadata, merge_metadata
 from training.config import ConfigError, PretrainConfig, apply_smoke, compose, validate
 from training.run_paths import RunPaths, resolve_paths
 
@@ -62,30 +62,19 @@ def plan(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
     return Plan(name, tuple(overrides), cfg, paths)
 
 
-def dataset_metadata(data_paths: list[str]) -> dict | None:
-    """Merged train/dataset.json of local datasets, or None when any is missing."""
-    metas = []
-    for path in data_paths:
-        file = Path(path) if Path(path).is_absolute() else ROOT / path
-        file = file / "train" / "dataset.json"
-        if not file.is_file():
-            return None
-        metas.append(json.loads(file.read_text()))
-    groups = sum(m["total_groups"] for m in metas)
-    return {
-        "vocab_size": max(m["vocab_size"] for m in metas),
-        "seq_len": max(m["seq_len"] for m in metas),
-        "num_puzzle_identifiers": sum(m["num_puzzle_identifiers"] for m in metas),
-        "total_groups": groups,
-        "mean_puzzle_examples": sum(m["mean_puzzle_examples"] * m["total_groups"] for m in metas) / max(groups, 1),
-    }
+def dataset_metadata(data_paths: list[str]) -> PuzzleDatasetMetadata | None:
+    """Merged train/dataset.json of local datasets, as the loader merges them; None when any is missing."""
+    local = [str(ROOT / path) for path in data_paths]  # an absolute path stays itself
+    if not all((Path(path) / "train" / "dataset.json").is_file() for path in local):
+        return None
+    return merge_metadata([load_metadata(path, "train") for path in local], local)
 
 
 def describe(p: Plan) -> str:
     cfg = p.cfg
     meta = None if cfg.smoke.enabled else dataset_metadata(cfg.data_paths)
     if meta is not None:
-        dims = {k: meta[k] for k in SUDOKU_DIMS}
+        dims = {k: getattr(meta, k) for k in SUDOKU_DIMS}
         dims_note = "from " + ", ".join(cfg.data_paths)
     else:
         dims = SUDOKU_DIMS
@@ -104,7 +93,7 @@ def describe(p: Plan) -> str:
     except ImportError as err:
         lines.append(f"# parameters: unavailable ({err})")
     if meta is not None:
-        steps = cfg.total_steps(meta["total_groups"], meta["mean_puzzle_examples"])
+        steps = cfg.total_steps(meta.total_groups, meta.mean_puzzle_examples)
         capped = f", capped at max_steps={cfg.max_steps}" if cfg.max_steps else ""
         lines.append(f"# total steps: {steps:,}{capped}")
     else:

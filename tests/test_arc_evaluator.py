@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from dataset.build_arc_dataset import main as build_arc
-from dataset.puzzle_dataset import IGNORE_LABEL_ID, PuzzleDataset, eval_batches
+from dataset.puzzle_dataset import PuzzleDataset, eval_batches
 from evaluators.arc import ArcEvaluator
+from models.losses import IGNORE_LABEL_ID
 from tests.arc_fixtures import write_tiny_arc
 
 
@@ -79,7 +80,8 @@ import jax
 import numpy as np
 jax.distributed.initialize(os.environ["TRM_COORDINATOR_ADDRESS"], int(os.environ["TRM_NUM_PROCESSES"]),
                            int(os.environ["TRM_PROCESS_ID"]), initialization_timeout=60)
-from dataset.puzzle_dataset import IGNORE_LABEL_ID, PuzzleDataset, eval_batches
+from dataset.puzzle_dataset import PuzzleDataset, eval_batches
+from models.losses import IGNORE_LABEL_ID
 from evaluators.arc import ArcEvaluator
 data_path = sys.argv[1]
 dataset = PuzzleDataset([data_path], "test")

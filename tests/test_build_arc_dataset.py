@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,7 +52,7 @@ def test_augmentation_is_invertible(tid):
 
 
 def dihedral_zero_mask(grid, tid):
-    from dataset.common import dihedral_transform
+    from dataset.transforms import dihedral_transform
 
     return dihedral_transform(grid == 0, tid)
 
@@ -99,14 +100,126 @@ def test_train_split_is_translated_and_eos_bordered(arc_dir):
 
 
 def test_missing_input_file_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="challenges.json not found"):
-        main(
-            [
-                "--input-file-prefix",
-                str(tmp_path / "none"),
-                "--output-dir",
-                str(tmp_path / "o"),
-                "--subsets",
-                "training",
-            ]
-        )
+    with pytest.raises(SystemExit, match="none_training_challenges.json not found"):
+        main(_argv(tmp_path / "none", tmp_path / "o"))
+
+
+def _argv(prefix, out, *extra):
+    return [
+        "--input-file-prefix",
+        str(prefix),
+        "--output-dir",
+        str(out),
+        "--subsets",
+        "training",
+        "evaluation",
+        "--test-set-name",
+        "evaluation",
+        "--num-aug",
+        "1",
+        *extra,
+    ]
+
+
+def _edit_challenges(prefix, subset, edit):
+    path = Path(f"{prefix}_{subset}_challenges.json")
+    tasks = json.loads(path.read_text())
+    edit(tasks[sorted(tasks)[0]])
+    path.write_text(json.dumps(tasks))
+
+
+@pytest.mark.parametrize("subset", ["training", "evaluation"])
+def test_missing_solutions_file_is_an_error(tmp_path, subset):
+    prefix = tmp_path / "arc"
+    write_tiny_arc(str(prefix))
+    Path(f"{prefix}_{subset}_solutions.json").unlink()
+    with pytest.raises(SystemExit, match=f"arc_{subset}_solutions.json not found; the test outputs are needed") as err:
+        main(_argv(prefix, tmp_path / "out"))
+    assert err.value.code != 0 and "--hidden-test-solutions" in str(err.value)
+
+
+def test_hidden_test_solutions_builds_with_unknown_outputs(tmp_path):
+    prefix = tmp_path / "arc"
+    write_tiny_arc(str(prefix))
+    Path(f"{prefix}_evaluation_solutions.json").unlink()
+    main(_argv(prefix, tmp_path / "out", "--hidden-test-solutions"))
+    test_tasks = json.loads((tmp_path / "out" / "test_puzzles.json").read_text())
+    assert all(pair["output"] == [[0]] for task in test_tasks.values() for pair in task["test"])
+    Path(f"{prefix}_training_solutions.json").unlink()  # training answers are training material: never unknown
+    with pytest.raises(SystemExit, match="arc_training_solutions.json not found"):
+        main(_argv(prefix, tmp_path / "out2", "--hidden-test-solutions"))
+
+
+def test_solutions_file_without_the_task_is_an_error(tmp_path):
+    prefix = tmp_path / "arc"
+    write_tiny_arc(str(prefix))
+    solutions = Path(f"{prefix}_evaluation_solutions.json")
+    first = sorted(json.loads(solutions.read_text()))[0]
+    solutions.write_text(json.dumps({k: v for k, v in json.loads(solutions.read_text()).items() if k != first}))
+    with pytest.raises(SystemExit, match=f"evaluation_solutions.json: no solution for test input 0 of task {first}"):
+        main(_argv(prefix, tmp_path / "out"))
+
+
+def _set_cell(value):
+    def edit(task):
+        task["train"][0]["input"][0][0] = value
+
+    return edit
+
+
+def _ragged(task):
+    task["train"][0]["input"][0].append(1)
+
+
+def _no_output(task):
+    del task["train"][0]["output"]
+
+
+def _no_test(task):
+    del task["test"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_set_cell(1.7), r"train pair 0 input: cell 1.7 at row 0, column 0; expected 1..30 rows"),
+        (_set_cell(True), r"train pair 0 input: cell True at row 0, column 0"),
+        (_set_cell(10), r"train pair 0 input: cell 10 at row 0, column 0"),
+        (_set_cell("3"), r"train pair 0 input: cell '3' at row 0, column 0"),
+        (_ragged, r"train pair 0 input: rows of different lengths"),
+        (_no_output, r"train pair 0 has no 'output'"),
+        (_no_test, r'expected an object with "train" and "test" lists of pairs'),
+    ],
+)
+def test_malformed_task_names_file_task_and_cell(tmp_path, edit, message):
+    prefix = tmp_path / "arc"
+    write_tiny_arc(str(prefix))
+    _edit_challenges(prefix, "training", edit)
+    with pytest.raises(SystemExit, match="arc_training_challenges.json task [0-9a-f]+:? .*" + message):
+        main(_argv(prefix, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_json_names_the_file(tmp_path):
+    prefix = tmp_path / "arc"
+    write_tiny_arc(str(prefix))
+    path = Path(f"{prefix}_training_challenges.json")
+    path.write_text(path.read_text()[:-100])
+    with pytest.raises(SystemExit, match="arc_training_challenges.json: not valid JSON .* may be truncated"):
+        main(_argv(prefix, tmp_path / "out"))
+
+
+def test_test_set_outside_the_subsets_is_an_error_not_an_empty_split(tmp_path):
+    prefix = tmp_path / "arc"
+    write_tiny_arc(str(prefix))
+    argv = _argv(prefix, tmp_path / "out")
+    argv[argv.index("--test-set-name") + 1] = "evaluation2"
+    with pytest.raises(SystemExit, match="--test-set-name 'evaluation2' is not among --subsets"):
+        main(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_negative_num_aug_is_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(_argv(tmp_path / "arc", tmp_path / "out", "--num-aug", "-1"))
+    assert err.value.code == 2 and "--num-aug: -1 is out of range: must be >= 0" in capsys.readouterr().err

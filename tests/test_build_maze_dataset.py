@@ -4,8 +4,9 @@ from collections import deque
 import numpy as np
 import pytest
 
-from dataset.build_maze_dataset import CHARSET, build, generate, load_split
-from dataset.common import DatasetError, dihedral_transform
+from dataset.build_maze_dataset import CHARSET, build, generate, load_split, main
+from dataset.errors import DatasetError
+from dataset.transforms import dihedral_transform
 
 
 @pytest.fixture(scope="module")
@@ -56,4 +57,35 @@ def test_invalid_maze_row_is_reported(source, tmp_path):
     for split in ("train", "test"):
         (tmp_path / f"{split}.csv").write_text("source,question,answer,rating\n" + row + "\n")
     with pytest.raises(DatasetError, match="train.csv line 2: invalid maze"):
+        build(str(tmp_path), str(tmp_path / "out"))
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_min_path_length_fails_with_the_lengths_seen(tmp_path):
+    with pytest.raises(DatasetError, match=r"no maze reached --min-path-length 600 in 20 draws in a row") as err:
+        generate(str(tmp_path), num_train=1, num_test=1, min_path_length=600, max_attempts=20, seed=0)
+    longest = int(str(err.value).split("scored ")[1].split("..")[1].split(":")[0])
+    assert 0 < longest < 600 and f"use --min-path-length <= {longest}" in str(err.value)
+    assert not (tmp_path / "train.csv").exists()
+
+
+@pytest.mark.parametrize("length", [0, 729])
+def test_impossible_min_path_length_fails_at_once(tmp_path, length):
+    with pytest.raises(DatasetError, match=rf"--min-path-length {length} is impossible: .* paths of 1..728"):
+        generate(str(tmp_path), num_train=1, num_test=1, min_path_length=length)
+
+
+def test_cli_rejects_non_positive_subsample_size(source, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--source", str(source), "--output-dir", str(tmp_path / "out"), "--subsample-size", "-3"])
+    assert exit_info.value.code == 2 and "--subsample-size: -3 is out of range: must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_maze_row_is_reported_by_csv_line(source, tmp_path):
+    rows = (source / "train.csv").read_text().splitlines()
+    broken = rows[1].replace("S", " ")
+    (tmp_path / "train.csv").write_text("\n".join([rows[0], rows[1], "", broken]) + "\n")
+    (tmp_path / "test.csv").write_text((source / "test.csv").read_text())
+    with pytest.raises(DatasetError, match="train.csv line 4: invalid maze"):
         build(str(tmp_path), str(tmp_path / "out"))

@@ -5,8 +5,9 @@ import sys
 import numpy as np
 import pytest
 
-from dataset.build_sudoku_dataset import augment_groups, build, generate, load_split
-from dataset.common import DatasetError, write_csv
+from dataset.build_sudoku_dataset import augment_groups, build, generate, load_split, main
+from dataset.csv_io import write_csv
+from dataset.errors import DatasetError
 from dataset.sudoku import invalid_rows
 from dataset.sudoku_solver import rating, solve
 
@@ -76,10 +77,15 @@ def test_build_is_deterministic_given_seed(source, tmp_path):
 
 
 def test_min_difficulty_filters(source, tmp_path):
-    ratings = np.loadtxt(source / "train.csv", delimiter=",", skiprows=1, usecols=3, dtype=int)
-    build(str(source), str(tmp_path), min_difficulty=int(ratings.max()))
-    kept = json.loads((tmp_path / "train" / "dataset.json").read_text())["total_puzzles"]
-    assert kept == (ratings >= ratings.max()).sum()
+    ratings = {
+        split: np.loadtxt(source / f"{split}.csv", delimiter=",", skiprows=1, usecols=3, dtype=int, ndmin=1)
+        for split in ("train", "test")
+    }
+    threshold = int(min(r.max() for r in ratings.values()))  # keeps at least one puzzle of each split
+    build(str(source), str(tmp_path), min_difficulty=threshold)
+    for split, split_ratings in ratings.items():
+        kept = json.loads((tmp_path / split / "dataset.json").read_text())["total_puzzles"]
+        assert kept == (split_ratings >= threshold).sum()
 
 
 @pytest.mark.parametrize(
@@ -89,6 +95,8 @@ def test_min_difficulty_filters(source, tmp_path):
         ("x," + "a" * 81 + "," + "1" * 81 + ",1", "line 2: invalid character 'a'"),
         ("x," + "." * 81 + "," + "1" * 81 + ",1", "not a valid Sudoku solution"),
         ("x," + "." * 81 + "," + "1" * 81 + ",hard", "rating 'hard'"),
+        ("x," + "." * 81 + "," + "1" * 81 + ",inf", "line 2: rating 'inf' is not a finite number"),
+        ("x," + "\u20ac" + "." * 80 + "," + "1" * 81 + ",1", "line 2: invalid character '\u20ac' at position 0"),
     ],
 )
 def test_malformed_csv_errors_name_file_and_row(tmp_path, row, message):
@@ -140,3 +148,55 @@ def _repo_root():
     import pathlib
 
     return pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_invalid_solution_names_the_csv_line_not_an_augmented_index(source, tmp_path):
+    rows = (source / "train.csv").read_text().splitlines()
+    _, question, answer, rating = rows[1].split(",")
+    wrong = answer[1] + answer[0] + answer[2:]  # swapping two cells breaks a row and a clue
+    (tmp_path / "train.csv").write_text("\n".join([*rows, f"x,{question},{wrong},{rating}"]) + "\n")
+    (tmp_path / "test.csv").write_text((source / "test.csv").read_text())
+    with pytest.raises(DatasetError, match=r"train.csv line 5: the answer is not a valid Sudoku solution"):
+        build(str(tmp_path), str(tmp_path / "out"), subsample_size=2, num_aug=3, seed=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bom_is_named(source, tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.csv").write_text("\ufeff" + (source / f"{split}.csv").read_text(), encoding="utf-8")
+    with pytest.raises(DatasetError, match="train.csv: starts with a UTF-8 byte-order mark"):
+        build(str(tmp_path), str(tmp_path / "out"))
+
+
+def test_min_difficulty_that_keeps_nothing_is_an_error(source, tmp_path):
+    ratings = np.loadtxt(source / "train.csv", delimiter=",", skiprows=1, usecols=3, dtype=int)
+    too_hard = int(ratings.max()) + 1
+    with pytest.raises(DatasetError, match=f"no puzzle has rating >= --min-difficulty {too_hard} .ratings"):
+        build(str(source), str(tmp_path / "out"), min_difficulty=too_hard)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--subsample-size", "-1", "must be >= 1"),
+        ("--subsample-size", "0", "must be >= 1"),
+        ("--num-aug", "-2", ">= 0"),
+    ],
+)
+def test_cli_rejects_negative_sizes(source, tmp_path, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--source", str(source), "--output-dir", str(tmp_path / "out"), flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and message in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_min_rating_fails_with_the_ratings_seen(tmp_path):
+    with pytest.raises(DatasetError, match=r"no puzzle reached --min-rating 100000 in 4 draws in a row") as err:
+        generate(str(tmp_path), num_train=1, num_test=1, min_rating=100_000, max_attempts=4, seed=0)
+    seen_max = int(str(err.value).split("scored ")[1].split("..")[1].split(":")[0])
+    assert f"use --min-rating <= {seen_max}" in str(err.value) and seen_max < 100_000
+    assert not (tmp_path / "train.csv").exists()

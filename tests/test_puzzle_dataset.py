@@ -1,8 +1,13 @@
+import json
+
 import numpy as np
 import pytest
 
-from dataset.common import DatasetError, write_identifiers, write_split
-from dataset.puzzle_dataset import IGNORE_LABEL_ID, PuzzleDataset, TrainSampler, eval_batches, load_metadata
+from dataset.errors import DatasetError
+from dataset.format import load_metadata, write_identifiers, write_split
+from dataset.puzzle_dataset import PuzzleDataset, TrainSampler, eval_batches
+from experiments.run_experiment import dataset_metadata
+from models.losses import IGNORE_LABEL_ID
 
 SEQ_LEN = 4
 
@@ -163,3 +168,122 @@ def test_reads_gs_path_through_emulator(tmp_path, gcs_emulator):
         ]
     )
     assert np.array_equal(seen, np.arange(len(arrays["inputs"])))
+
+
+def test_loader_and_dry_run_merge_two_paths_alike(tmp_path):
+    """The schedule's examples per epoch (total_groups * mean_puzzle_examples) must be the same
+    in the dry-run and the real run, and mean_puzzle_examples the mean over all puzzles."""
+    arrays = [_build(tmp_path / "a", seed=0, num_groups=3), _build(tmp_path / "b", seed=4, num_groups=9)]
+    paths = [str(tmp_path / "a"), str(tmp_path / "b")]
+    loaded = PuzzleDataset(paths, "train").metadata
+    assert dataset_metadata(paths) == loaded
+    examples = sum(len(a["inputs"]) for a in arrays)
+    puzzles = sum(len(a["puzzle_identifiers"]) for a in arrays)
+    assert loaded.mean_puzzle_examples == pytest.approx(examples / puzzles)
+    assert loaded.total_groups == 12
+
+
+def _corrupt(path, field, values):
+    np.save(path / "train" / f"all__{field}.npy", np.asarray(values))
+
+
+def _edit_json(path, **changes):
+    file = path / "train" / "dataset.json"
+    file.write_text(json.dumps(json.loads(file.read_text()) | changes))
+
+
+def test_all_empty_puzzles_fail_at_open_naming_the_file(tmp_path):
+    arrays = _build(tmp_path)
+    _corrupt(tmp_path, "puzzle_indices", np.zeros_like(arrays["puzzle_indices"]))
+    with pytest.raises(DatasetError, match=r"train/all__puzzle_indices.npy: must run from 0 to \d+ .the number of"):
+        PuzzleDataset([str(tmp_path)], "train")
+
+
+def test_empty_group_fails_at_open_naming_the_file(tmp_path):
+    arrays = _build(tmp_path)
+    groups = arrays["group_indices"].copy()
+    groups[2] = groups[1]
+    _corrupt(tmp_path, "group_indices", groups)
+    with pytest.raises(DatasetError, match="train/all__group_indices.npy: group 1 has no puzzles"):
+        PuzzleDataset([str(tmp_path)], "train")
+
+
+def test_set_with_zero_examples_fails_at_open(tmp_path):
+    _build(tmp_path)
+    for field in ("inputs", "labels"):
+        _corrupt(tmp_path, field, np.zeros((0, SEQ_LEN), np.uint8))
+    _corrupt(tmp_path, "puzzle_identifiers", np.zeros(0, np.int32))
+    _corrupt(tmp_path, "puzzle_indices", [0])
+    _corrupt(tmp_path, "group_indices", [0])
+    with pytest.raises(DatasetError, match="train/all__inputs.npy: the set has no examples"):
+        PuzzleDataset([str(tmp_path)], "train")
+
+
+def test_batch_larger_than_the_data_fails_when_the_sampler_is_created(data):
+    path, arrays = data
+    ds = PuzzleDataset([path], "train")
+    n = len(arrays["inputs"])
+    with pytest.raises(
+        DatasetError, match=f"global_batch_size={n + 1} is larger than the {n} examples of split 'train'"
+    ):
+        TrainSampler(ds, n + 1, seed=0, process_index=0, process_count=1)
+    TrainSampler(ds, n, seed=0, process_index=0, process_count=1, prefetch=0).next_batch()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"total_groups": 99}, "dataset.json: total_groups is 99 but the arrays hold 7"),
+        (
+            {"seq_len": SEQ_LEN + 1},
+            rf"all__inputs.npy: shape \(\d+, {SEQ_LEN}\) is not \[examples, seq_len={SEQ_LEN + 1}\]",
+        ),
+        ({"vocab_size": 2}, "all__inputs.npy: token .* is outside the vocabulary .0, 2."),
+        (
+            {"num_puzzle_identifiers": 3},
+            "all__puzzle_identifiers.npy: puzzle identifier .* outside the puzzle-embedding",
+        ),
+    ],
+)
+def test_dataset_json_is_checked_against_the_arrays(tmp_path, changes, message):
+    _build(tmp_path)
+    _edit_json(tmp_path, **changes)
+    with pytest.raises(DatasetError, match=message) as err:
+        PuzzleDataset([str(tmp_path)], "train")
+    assert str(tmp_path / "train") in str(err.value)
+
+
+def test_labels_that_disagree_with_inputs_name_the_file(tmp_path):
+    arrays = _build(tmp_path)
+    _corrupt(tmp_path, "labels", arrays["labels"][:-1])
+    with pytest.raises(DatasetError, match=r"all__labels.npy: shape \(\d+, 4\) differs from the inputs'"):
+        PuzzleDataset([str(tmp_path)], "train")
+
+
+def test_check_ranges_against_smaller_model_tables(data):
+    path, arrays = data
+    ds = PuzzleDataset([path], "train")
+    ds.check_ranges(vocab_size=256, num_puzzle_identifiers=ds.metadata.num_puzzle_identifiers)
+    top_token = int(max(arrays["inputs"].max(), arrays["labels"].max()))
+    with pytest.raises(DatasetError, match=f"token {top_token} is outside the vocabulary .0, {top_token}."):
+        ds.check_ranges(vocab_size=top_token, num_puzzle_identifiers=ds.metadata.num_puzzle_identifiers)
+    top_id = int(arrays["puzzle_identifiers"].max())
+    with pytest.raises(DatasetError, match=f"puzzle identifier {top_id} is outside the puzzle-embedding table"):
+        ds.check_ranges(vocab_size=256, num_puzzle_identifiers=top_id)
+
+
+def test_resume_onto_different_data_is_a_clear_error(tmp_path):
+    _build(tmp_path / "big", num_groups=9)
+    _build(tmp_path / "small", num_groups=3)
+    big = TrainSampler(PuzzleDataset([str(tmp_path / "big")], "train"), 4, seed=0, process_index=0, process_count=1)
+    for _ in range(3):
+        big.next_batch()
+    state = big.get_state()
+    big.close()
+    small = PuzzleDataset([str(tmp_path / "small")], "train")
+    sampler = TrainSampler(small, 4, seed=0, process_index=0, process_count=1)
+    with pytest.raises(DatasetError, match="saved data position is for training data of 9 groups, but split 'train'"):
+        sampler.set_state(state)
+    position_only = {k: state[k] for k in ("epoch", "cursor", "batches")} | {"cursor": 5}  # older checkpoints
+    with pytest.raises(DatasetError, match=r"position \(epoch 0, group 5\) does not fit split 'train' of .* 3 groups"):
+        sampler.set_state(position_only)

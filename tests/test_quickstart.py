@@ -2,9 +2,11 @@ import json
 import time
 
 import numpy as np
+import pytest
 
+from dataset.errors import DatasetError
 from dataset.puzzle_dataset import PuzzleDataset
-from dataset.quickstart import all_shidoku_grids, ensure_quickstart_dataset
+from dataset.quickstart import QUICKSTART_PATH, all_shidoku_grids, build_quickstart_dataset, ensure_quickstart_dataset
 from dataset.sudoku import invalid_rows
 
 
@@ -15,7 +17,7 @@ def test_all_shidoku_grids():
 
 def test_quickstart_dataset(tmp_path):
     start = time.perf_counter()
-    ensure_quickstart_dataset(str(tmp_path / "qs"))
+    build_quickstart_dataset(str(tmp_path / "qs"))
     assert time.perf_counter() - start < 10
     grids = all_shidoku_grids()
     questions = {}
@@ -35,7 +37,25 @@ def test_quickstart_dataset(tmp_path):
 
 
 def test_quickstart_is_idempotent(tmp_path):
-    ensure_quickstart_dataset(str(tmp_path / "qs"))
+    build_quickstart_dataset(str(tmp_path / "qs"))
     stamp = (tmp_path / "qs" / "manifest.json").stat().st_mtime_ns
-    ensure_quickstart_dataset(str(tmp_path / "qs"))
+    build_quickstart_dataset(str(tmp_path / "qs"))
+    ensure_quickstart_dataset(str(tmp_path / "qs"))  # complete: accepted wherever it is
     assert (tmp_path / "qs" / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_ensure_fills_only_the_default_path(tmp_path, monkeypatch):
+    typo = tmp_path / "data" / "quickstart-sudoku5"
+    with pytest.raises(
+        DatasetError, match=f"{typo}: no such dataset directory; .*only fills {QUICKSTART_PATH}: check data_paths"
+    ):
+        ensure_quickstart_dataset(str(typo))
+    assert not (tmp_path / "data").exists()
+    (tmp_path / "elsewhere").mkdir()
+    ensure_quickstart_dataset(str(tmp_path / "elsewhere"))  # existing: the loader checks what is there
+    ensure_quickstart_dataset("gs://bucket/quickstart")  # remote: never generated
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    monkeypatch.chdir(tmp_path)
+    ensure_quickstart_dataset(QUICKSTART_PATH)
+    ensure_quickstart_dataset(str(tmp_path / QUICKSTART_PATH))  # the same directory, spelled absolutely
+    assert (tmp_path / QUICKSTART_PATH / "manifest.json").exists()
