@@ -53,9 +53,10 @@ def load_tasks(prefix: str, subset: str, *, hidden_solutions: bool = False) -> d
     for name, task in tasks.items():
         missing = [i for i, pair in enumerate(task["test"]) if "output" not in pair]
         known = solutions.get(name)
-        if missing and (not isinstance(known, list) or len(known) <= missing[-1]):
+        unsolved = [i for i in missing if not isinstance(known, list) or i >= len(known)]
+        if unsolved:
             raise DatasetError(
-                f"{solutions_path}: no solution for test input {missing[-1]} of task {name}; "
+                f"{solutions_path}: no solution for test input {unsolved[0]} of task {name}; "
                 "use the solutions file that belongs to the challenges file"
             )
         for i in missing:
