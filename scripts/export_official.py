@@ -15,6 +15,7 @@ the one-line conversion of an `.npz` to `.pt` to run wherever torch is installed
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -88,6 +89,8 @@ def locate_checkpoint(source: str, step: int | None = None) -> tuple[str, int]:
     parent, name = directory.rsplit("/", 1) if "/" in directory else (".", directory)
     if not steps and name.isdigit() and int(name) in _steps(parent):
         directory, steps, step = parent, [int(name)], int(name) if step is None else step
+    if not steps and directory != source:
+        raise ExportError(f"{source} has no checkpoint yet: {directory} holds no steps")
     if not steps:
         raise ExportError(
             f"{source} is neither a run directory (no checkpoints/ or config.yaml) nor a checkpoint directory "
@@ -137,10 +140,11 @@ def load_trained_weights(source: str, *, step: int | None = None, raw: bool = Fa
 def conversion_command(npz: str, pt: str, forward_dtype: str) -> str:
     """One shell line that turns an exported .npz into the official .pt (buffers in the model's
     forward dtype, as the official model holds them)."""
+    buffers = "(" + ", ".join(json.dumps(b) for b in BUFFERS) + ")"
     code = (
         "import numpy as np, torch; "
-        f"torch.save({{k: torch.from_numpy(v).to(torch.{forward_dtype} if k.endswith({BUFFERS!r}) else torch.float32) "
-        f"for k, v in np.load({npz!r}).items()}}, {pt!r})"
+        f"torch.save({{k: torch.from_numpy(v).to(torch.{forward_dtype} if k.endswith({buffers}) else torch.float32) "
+        f"for k, v in np.load({json.dumps(npz)}).items()}}, {json.dumps(pt)})"
     )
     return f"python -c {shlex.quote(code)}"
 

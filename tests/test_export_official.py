@@ -183,6 +183,7 @@ def test_an_existing_output_is_kept_unless_forced(run, tmp_path, capsys):
     [
         ("missing-run", "no such run or checkpoint directory"),
         ("not-a-run", "neither a run directory"),
+        ("empty-run", "has no checkpoint yet"),
         ("checkpoints --step 9", "no step 9 in"),
     ],
 )
@@ -190,6 +191,7 @@ def test_bad_sources_fail_with_one_line(run, tmp_path, source, message):
     run_dir, _, _ = run
     (tmp_path / "not-a-run").mkdir()
     (tmp_path / "not-a-run" / "notes.txt").write_text("hello")
+    (tmp_path / "empty-run" / "checkpoints").mkdir(parents=True)
     path, *extra = source.split()
     base = run_dir if path == "checkpoints" else tmp_path
     proc = subprocess.run(
