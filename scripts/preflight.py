@@ -6,7 +6,8 @@
 Takes the same config name and overrides as pretrain_jax.py and prints one line per check,
 `ok` or `FAIL` with how to fix it:
   config       composes and validates
-  distributed  jax.distributed starts with the run's settings (several processes only)
+  distributed  jax.distributed starts with the run's settings and every process resolved the
+               same config (several processes only)
   devices      the expected platform, processes and devices; the batch splits over them
   data         each data path has its dataset.json and arrays (local or gs://); with several
                processes, all of them read the same metadata
@@ -222,14 +223,15 @@ def _barrier(name: str) -> None:
 
 def check_writable(directory: str, *, shared: bool) -> str:
     """Write this process's probe, read it back, and (if `shared`) read every other process's
-    probe too; then delete only this process's own probe. Collective when `shared`: every
-    process reaches the same barriers whatever fails locally."""
+    probe too; then delete that probe and the empty directories made for it. Collective when
+    `shared`: every process reaches the same barriers whatever fails locally."""
     token = _shared_token() if shared else uuid.uuid4().hex[:16]
     me = jax.process_index()
-    problems, own = [], None
+    problems, own, made = [], None, []
     try:
         fs, root = fsspec.core.url_to_fs(directory)
         if "://" not in directory:
+            made = _missing_dirs(root)
             fs.makedirs(root, exist_ok=True)
         fs.pipe_file(_probe_name(root, token, me), _payload(token, me))
         own = _probe_name(root, token, me)
@@ -244,10 +246,35 @@ def check_writable(directory: str, *, shared: bool) -> str:
         _barrier("preflight-probes-read")
     if own is not None:
         fs.rm_file(own)
+    if shared:
+        _barrier("preflight-probes-deleted")
+    _remove_empty(made)
     if problems:
         raise CheckFailed("; ".join(problems) + "; " + _storage_fix(directory))
     seen = f", shared by all {jax.process_count()} processes" if shared and _multi() else ""
     return f"{directory} writable{seen}"
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """The directories makedirs(path) would create, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove_empty(dirs: list[str]) -> None:
+    """rmdir only: a directory that holds anything (another process's files, a concurrent run's
+    checkpoints) stays, and so do its parents."""
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            continue  # another process sharing the file system removed it first
+        except OSError:
+            return
 
 
 def _unseen_peers(fs, root: str, token: str, directory: str) -> list[str]:
@@ -298,10 +325,8 @@ def _model_dims(metas: dict[str, dict], cfg: PretrainConfig) -> ModelDims:
 
 
 def _existing_ancestor(path: str) -> str:
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return path
+    missing = _missing_dirs(path)
+    return os.path.dirname(missing[-1]) if missing else os.path.abspath(path)
 
 
 def _remote_dataset_bytes(cfg: PretrainConfig) -> int:
@@ -411,6 +436,11 @@ def run_checks(cfg: PretrainConfig, expect: Expectations, report: Report) -> Non
         report.skip("wandb", "process 0 logs to W&B")
 
 
+def _same_config(cfg: PretrainConfig) -> str:
+    distributed.assert_consistent("resolved config", {"config": cfg.model_dump()})
+    return f"{jax.process_count()} processes joined, with the same resolved config"
+
+
 def _failures_everywhere(report: Report) -> list[int]:
     """Processes with at least one failed check."""
     counts = np.array([len(report.failed)], np.int32)
@@ -445,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if _multi():
         report.prefix = f"[process {jax.process_index()}/{jax.process_count()} {socket.gethostname()}] "
-        report.ok("distributed", f"{jax.process_count()} processes joined")
+        report.run("distributed", lambda: _same_config(cfg))
     run_checks(cfg, Expectations(args.expect_platform, args.expect_processes, args.expect_devices), report)
     failing = _failures_everywhere(report)
     if failing:

@@ -53,6 +53,12 @@ def test_a_ready_run_passes_every_check_and_leaves_no_probe(data, tmp_path, caps
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]
 
 
+def test_directories_made_for_the_probes_are_removed_again(data, tmp_path, capsys):
+    assert preflight.main(_args(data, tmp_path / "new" / "run")) == 0
+    assert "new/run/checkpoints writable" in _lines(capsys)["checkpoints"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_config_that_does_not_validate_fails_on_one_line(capsys):
     assert preflight.main(["no_such_key=1"]) == 1
     lines = _lines(capsys)
@@ -184,3 +190,14 @@ def test_a_failure_on_two_processes_fails_both_without_hanging(tmp_path):
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = (tmp_path / "logs" / "process_0.log").read_text()
     assert "FAIL data" in log and "preflight FAILED on process(es) [0, 1]" in log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_two_processes_with_separate_checkpoint_directories_are_told_apart(data, tmp_path):
+    per_process = f"checkpoint_root={tmp_path}/p${{oc.env:TRM_PROCESS_ID}}"
+    proc = _launch(tmp_path, *_args(data, tmp_path / "run", per_process, "global_batch_size=8"))
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (tmp_path / "logs" / "process_0.log").read_text()
+    assert "FAIL distributed" in log and "checkpoint_root" in log
+    assert "FAIL checkpoints" in log and "probes of processes [1] are not visible" in log
