@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from experiments.table import BASELINE, BASELINE_NAME, EXPERIMENTS, Experiment, build_command, datasets
+from experiments.table import BASELINE_NAME, EXPERIMENTS, PAPER, STUDY, Experiment, build_command, datasets, resolved
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs" / "experiments"
@@ -35,8 +35,8 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_config(exp: Experiment) -> str:
-    if exp.name == BASELINE_NAME:
-        defaults, body = ["/cfg_pretrain", "_self_"], dict(BASELINE)
+    if exp.name == BASELINE_NAME or exp.standalone:
+        defaults, body = ["/cfg_pretrain", "_self_"], resolved(exp)
     else:
         # Chaining through baseline.yaml keeps each file down to what the experiment changes.
         defaults = [BASELINE_NAME, "_self_"]
@@ -46,18 +46,25 @@ def render_config(exp: Experiment) -> str:
         "# Generated from experiments/table.py by experiments/generate_configs.py: edit the table, not this file.\n"
         f"# Run: python experiments/run_experiment.py {exp.name}\n"
         f"#  or: python pretrain_jax.py --config-name {exp.name}\n"
-    )
+    ) + "".join(f"# {line}\n" for line in exp.notes)
     dump = yaml.safe_dump({"defaults": defaults, **nest(body)}, sort_keys=False, default_flow_style=False)
     return header + dump
 
 
 def render_doc_block() -> str:
     lines = [DOC_BEGIN, "", "| experiment | group | what it changes |", "|---|---|---|"]
-    lines += [f"| `{e.name}` | {e.group} | {e.description} |" for e in EXPERIMENTS]
+    lines += [f"| `{e.name}` | {e.group} | {e.description} |" for e in STUDY]
     lines += ["", "Datasets (build each once; the baseline's is the official 1k x 1000 set):", "", "```bash"]
     lines += [build_command(n, k) for n, k in datasets()]
-    lines += ["```", "", DOC_END]
+    lines += ["```", "", "The paper's recipes (group `paper`, outside the study):", ""]
+    lines += ["| config | recipe | reported by the paper | dataset |", "|---|---|---|---|"]
+    lines += [f"| `{e.name}` | {e.description} | {_note(e, 'reports: ')} | `{_note(e, 'Dataset: ')}` |" for e in PAPER]
+    lines += ["", DOC_END]
     return "\n".join(lines)
+
+
+def _note(exp: Experiment, prefix: str) -> str:
+    return next(n.split(prefix, 1)[1] for n in exp.notes if prefix in n)
 
 
 def expected_files() -> dict[Path, str]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import functools
 import os
 import shlex
 import subprocess
@@ -28,12 +30,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dataset.format import PuzzleDatasetMetadata, load_metadata, merge_metadata
+from experiments.plan import SUDOKU_DIMS, cost_line, data_size, run_cost
+from models.trm import num_parameters
 from training.config import ConfigError, PretrainConfig, apply_smoke, compose, validate
 from training.run_paths import RunPaths, resolve_paths
 
 ROOT = Path(__file__).resolve().parents[1]
-# 9x9 Sudoku in the official format: pad + blank + digits 1-9, 81 cells, one shared identifier.
-SUDOKU_DIMS = {"vocab_size": 11, "seq_len": 81, "num_puzzle_identifiers": 1}
 # Invalid values, unknown config names and malformed overrides: the user's to fix, no traceback.
 CONFIG_ERRORS = (ConfigError, HydraException, OmegaConfBaseException)
 
@@ -54,9 +56,16 @@ class Plan:
         return ROOT / self.paths.summary_file
 
 
+@functools.cache
+def _composed(name: str, overrides: tuple[str, ...]):
+    # Hydra takes ~0.1 s per composition and a batch plans every experiment of the table;
+    # interpolations stay unresolved here, so each plan still resolves them afresh.
+    return compose(name, list(overrides))
+
+
 def plan(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
     """Compose and validate; raises ConfigError (bad values) or a Hydra error (bad name/override)."""
-    cfg = validate(apply_smoke(compose(name, list(overrides))))
+    cfg = validate(apply_smoke(copy.deepcopy(_composed(name, tuple(overrides)))))
     with contextlib.chdir(ROOT):  # resolve_paths makes checkpoint paths absolute against the cwd
         paths = resolve_paths(cfg)
     return Plan(name, tuple(overrides), cfg, paths)
@@ -72,39 +81,32 @@ def dataset_metadata(data_paths: list[str]) -> PuzzleDatasetMetadata | None:
 
 def describe(p: Plan) -> str:
     cfg = p.cfg
-    meta = None if cfg.smoke.enabled else dataset_metadata(cfg.data_paths)
-    if meta is not None:
-        dims = {k: getattr(meta, k) for k in SUDOKU_DIMS}
-        dims_note = "from " + ", ".join(cfg.data_paths)
+    size, built = data_size(cfg)
+    dims = size.dims if size else SUDOKU_DIMS
+    if size is None:
+        dims_note = f"assumed 9x9 Sudoku: {', '.join(cfg.data_paths)} has no train/dataset.json and no default size"
     else:
-        dims = SUDOKU_DIMS
-        why = "smoke data is generated at run time" if cfg.smoke.enabled else "no train/dataset.json found"
-        dims_note = f"assumed 9x9 Sudoku: {why}"
+        dims_note = size.source + ("" if built else f"; {', '.join(cfg.data_paths)} not built yet")
+    n = num_parameters(
+        cfg.arch, vocab_size=dims.vocab_size, seq_len=dims.seq_len, num_puzzle_identifiers=dims.num_puzzle_identifiers
+    )
     lines = [
         f"# {p.name}: resolved config" + (" (smoke)" if cfg.smoke.enabled else ""),
         OmegaConf.to_yaml(OmegaConf.create(cfg.model_dump())).rstrip(),
+        f"# dataset dims: vocab {dims.vocab_size}, seq_len {dims.seq_len}, "
+        f"{dims.num_puzzle_identifiers:,} puzzle identifiers ({dims_note})",
+        f"# parameters: {sum(n.values()):,} (model {n['model']:,}, puzzle_emb {n['puzzle_emb']:,})",
     ]
-    lines.append(f"# dataset dims: {dims}, {dims_note}")
-    try:
-        from models.trm import num_parameters
-
-        n = num_parameters(cfg.arch, **dims)
-        lines.append(f"# parameters: {sum(n.values()):,} (model {n['model']:,}, puzzle_emb {n['puzzle_emb']:,})")
-    except ImportError as err:
-        lines.append(f"# parameters: unavailable ({err})")
-    if meta is not None:
-        steps = cfg.total_steps(meta.total_groups, meta.mean_puzzle_examples)
-        capped = f", capped at max_steps={cfg.max_steps}" if cfg.max_steps else ""
-        lines.append(f"# total steps: {steps:,}{capped}")
-    else:
-        lines.append(
-            "# total steps: unknown until the dataset exists"
-            if not cfg.smoke.enabled
-            else f"# total steps: {cfg.max_steps} (smoke)"
-        )
-    lines.append(f"# run dir: {p.run_dir}")
-    lines.append(f"# checkpoints: {p.paths.checkpoint_dir}")
-    lines.append(f"# W&B: project {p.paths.wandb_project} (mode {cfg.wandb.mode})")
+    if size is not None:
+        total = run_cost(cfg, size, None).total_steps
+        capped = f", capped at max_steps={cfg.max_steps}" if cfg.max_steps and cfg.max_steps < total else ""
+        lines.append(f"# total steps: {total:,}{capped}")
+    lines += [
+        f"# cost: {cost_line(cfg)}",
+        f"# run dir: {p.run_dir}",
+        f"# checkpoints: {p.paths.checkpoint_dir}",
+        f"# W&B: project {p.paths.wandb_project} (mode {cfg.wandb.mode})",
+    ]
     return "\n".join(lines)
 
 

@@ -1,9 +1,10 @@
-"""The scaling study, as data: one row per run.
+"""The scaling study and the paper's recipes, as data: one row per run.
 
 `generate_configs.py` turns this table into `configs/experiments/*.yaml` (and the experiment
-list in docs/scaling_study.md); the runners and the analysis read it for names, groups and
-dataset paths. Each experiment is the baseline plus exactly the changes in its row, so a row
-says what the experiment varies and nothing else.
+list in docs/scaling_study.md); the runners, the planner and the analysis read it for names,
+groups and dataset paths. Each study experiment is the baseline plus exactly the changes in its
+row, so a row says what the experiment varies and nothing else. The paper's recipes (group
+`paper`) stand alone: each spells out every setting of the official README's training command.
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ BASELINE_AUG = 1000
 # dataset_path's pattern.
 BASELINE_DATA = "data/sudoku-extreme-1k-aug-1000"
 FULL_SOURCE = "data/sudoku-extreme-full"
+
+# Intermediate evaluations of the study run on this many test puzzles, the final one on the whole
+# test set; docs/scaling_study.md ("Evaluation cost") gives the standard-error arithmetic.
+EVAL_SUBSET = 24_576
+# training/config.py does not have `eval_subset` yet: until it does, only the planner uses the
+# value. Set True once it does, then run generate_configs.py to put it into the study's configs.
+CONFIGS_HAVE_EVAL_SUBSET = False
+
 
 # Every setting the study fixes, spelled out even where it equals the cfg_pretrain default, so
 # that a later change of a project default cannot silently move the whole study.
@@ -58,6 +67,7 @@ BASELINE: dict[str, Any] = {
     "halt_exploration_schedule.enabled": False,
     "experiment_group": "baseline",
     "experiment_name": BASELINE_NAME,
+    **({"eval_subset": EVAL_SUBSET} if CONFIGS_HAVE_EVAL_SUBSET else {}),
 }
 
 
@@ -66,7 +76,10 @@ class Experiment:
     name: str
     group: str
     description: str
-    changes: dict[str, Any] = field(default_factory=dict)  # dotted keys, relative to BASELINE
+    # Dotted keys, relative to BASELINE; for a standalone row, every setting (relative to cfg_pretrain).
+    changes: dict[str, Any] = field(default_factory=dict)
+    standalone: bool = False
+    notes: tuple[str, ...] = ()  # extra header lines of the generated config
 
 
 def dataset_path(puzzles: int, aug: int) -> str:
@@ -220,18 +233,141 @@ def _build() -> list[Experiment]:
     return exps
 
 
-EXPERIMENTS: list[Experiment] = _build()
+# The official code's settings that its README's training commands leave at their defaults
+# (config/cfg_pretrain.yaml and config/arch/trm.yaml of SamsungSAILMontreal/TinyRecursiveModels
+# at e7b6871), spelled out so that a change of this project's defaults cannot move a recipe.
+_OFFICIAL_DEFAULTS: dict[str, Any] = {
+    "data_paths_test": [],
+    "evaluators": [{"name": "arc", "submission_K": 2, "pass_Ks": [1, 2, 5, 10, 100, 1000], "aggregated_voting": True}],
+    "arch.loss_type": "stablemax_cross_entropy",
+    "arch.halt_exploration_prob": 0.1,
+    "arch.halt_max_steps": 16,
+    "arch.H_cycles": 3,
+    "arch.L_cycles": 6,
+    "arch.L_layers": 2,
+    "arch.hidden_size": 512,
+    "arch.num_heads": 8,
+    "arch.expansion": 4,
+    "arch.puzzle_emb_ndim": 512,
+    "arch.puzzle_emb_len": 16,
+    "arch.pos_encodings": "rope",
+    "arch.forward_dtype": "bfloat16",
+    "arch.mlp_t": False,
+    "arch.no_ACT_continue": True,
+    "global_batch_size": 768,
+    "epochs": 100000,
+    "eval_interval": 10000,
+    "min_eval_interval": 0,
+    "optimizer": "adam_atan2",
+    "lr": 1.0e-4,
+    "lr_min_ratio": 1.0,
+    "lr_warmup_steps": 2000,
+    "beta1": 0.9,
+    "beta2": 0.95,
+    "weight_decay": 0.1,
+    "puzzle_emb_lr": 1.0e-2,
+    "puzzle_emb_weight_decay": 0.1,
+    "freeze_weights": False,
+    "ema": False,
+    "ema_rate": 0.999,
+    "seed": 0,
+    "curriculum.enabled": False,
+    "halt_exploration_schedule.enabled": False,
+}
+# What the Sudoku and maze commands override (ARC keeps the defaults above).
+_SMALL_DATA = {
+    "evaluators": [],
+    "epochs": 50000,
+    "eval_interval": 5000,
+    "lr": 1.0e-4,
+    "puzzle_emb_lr": 1.0e-4,
+    "weight_decay": 1.0,
+    "puzzle_emb_weight_decay": 1.0,
+}
+
+
+def _arc_build(version: int) -> str:
+    train, test = ("training", "evaluation") if version == 1 else ("training2", "evaluation2")
+    return (
+        "python dataset/build_arc_dataset.py --input-file-prefix ../shared/data/arc/arc-agi "
+        f"--output-dir data/arc{version}concept-aug-1000 --subsets {train} {test} concept "
+        f"--test-set-name {test} --num-aug 1000"
+    )
+
+
+def _paper(
+    name: str, description: str, *, reported: str, hardware: str, data: str, build: str, changes: dict[str, Any]
+) -> Experiment:
+    notes = (
+        f"Paper (arXiv 2510.04871) reports: {reported}",
+        f"Official README: {hardware}",
+        f"Dataset: {build}",
+    )
+    settings = {"data_paths": [data], **_OFFICIAL_DEFAULTS, **changes, "ema": True}  # every command sets ema=True
+    return Experiment(name, "paper", description, settings, standalone=True, notes=notes)
+
+
+_SUDOKU = {"data": BASELINE_DATA, "build": build_command(BASELINE_PUZZLES, BASELINE_AUG)}
+PAPER: list[Experiment] = [
+    _paper(
+        "paper_sudoku_mlp_t",
+        "TRM-MLP on Sudoku-Extreme 1k x 1000 (official run pretrain_mlp_t_sudoku)",
+        reported="87.4% exact accuracy on the Sudoku-Extreme test set",
+        hardware="1 L40S GPU, under 36 hours",
+        changes={**_SMALL_DATA, "arch.mlp_t": True, "arch.pos_encodings": "none"},
+        **_SUDOKU,
+    ),
+    _paper(
+        "paper_sudoku_att",
+        "TRM-Att on Sudoku-Extreme 1k x 1000 (official run pretrain_att_sudoku)",
+        reported="74.7% exact accuracy on the Sudoku-Extreme test set",
+        hardware="1 L40S GPU, under 36 hours",
+        changes=_SMALL_DATA,
+        **_SUDOKU,
+    ),
+    _paper(
+        "paper_maze_att",
+        "TRM-Att on Maze-Hard 30x30, 1000 mazes, no augmentation (official run pretrain_att_maze30x30)",
+        reported="85.3% exact accuracy on the Maze-Hard test set",
+        hardware="4 L40S GPUs, under 24 hours",
+        data="data/maze-30x30-hard-1k",
+        # The official build of this path has no augmentation; its CSVs are sapientinc/maze-30x30-hard-1k.
+        build="python dataset/build_maze_dataset.py --source data/maze-30x30-hard-1k-csv "
+        "--output-dir data/maze-30x30-hard-1k",
+        changes={**_SMALL_DATA, "arch.L_cycles": 4},
+    ),
+    _paper(
+        "paper_arc1",
+        "TRM-Att on ARC-AGI-1 + ConceptARC, 1000 augmentations (official run pretrain_att_arc1concept_4)",
+        reported="44.6% pass@2 on the ARC-AGI-1 evaluation set",
+        hardware="4 H100 GPUs, about 3 days",
+        data="data/arc1concept-aug-1000",
+        build=_arc_build(1),
+        changes={"arch.L_cycles": 4},
+    ),
+    _paper(
+        "paper_arc2",
+        "TRM-Att on ARC-AGI-2 + ConceptARC, 1000 augmentations (official run pretrain_att_arc2concept_4)",
+        reported="7.8% pass@2 on the ARC-AGI-2 evaluation set",
+        hardware="4 H100 GPUs, about 3 days",
+        data="data/arc2concept-aug-1000",
+        build=_arc_build(2),
+        changes={"arch.L_cycles": 4},
+    ),
+]
+
+# The study: the baseline and its 67 variations; `run_batch.py` runs these by default. The
+# baseline is the one training that exp01c, exp02a_03, ... share (experiments/dedup.py).
+STUDY: list[Experiment] = _build()
+EXPERIMENTS: list[Experiment] = STUDY + PAPER
 BY_NAME: dict[str, Experiment] = {e.name: e for e in EXPERIMENTS}
-# What `run_batch.py` runs by default: the study's runs. The baseline config is their common
-# base; exp01c, exp02a_03, ... already train exactly the baseline inside their groups.
-STUDY: list[Experiment] = [e for e in EXPERIMENTS if e.name != BASELINE_NAME]
 GROUPS: list[str] = list(dict.fromkeys(e.group for e in EXPERIMENTS))
 
 
 def datasets() -> list[tuple[int, int]]:
     """Every (puzzles, augmentations) dataset the study trains on, in table order."""
     cells = [parse_dataset_path(BASELINE_DATA)]
-    for e in EXPERIMENTS:
+    for e in STUDY:
         for p in e.changes.get("data_paths", []):
             cells.append(parse_dataset_path(p))
     return list(dict.fromkeys(c for c in cells if c is not None))
@@ -239,4 +375,11 @@ def datasets() -> list[tuple[int, int]]:
 
 def resolved(exp: Experiment) -> dict[str, Any]:
     """The flat dotted-key settings the experiment trains with (baseline + its changes)."""
-    return {**BASELINE, **exp.changes, "experiment_group": exp.group, "experiment_name": exp.name}
+    base = {} if exp.standalone else BASELINE
+    return {**base, **exp.changes, "experiment_group": exp.group, "experiment_name": exp.name}
+
+
+def planned_eval_subset(name: str) -> int | None:
+    """The subset size of a study run's intermediate evaluations (None: the full test set)."""
+    exp = BY_NAME.get(name)
+    return EVAL_SUBSET if exp is not None and not exp.standalone else None

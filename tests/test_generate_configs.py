@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from experiments import generate_configs as gen
-from experiments.table import BASELINE_NAME, EXPERIMENTS, GROUPS, STUDY, dataset_path, datasets
+from experiments.table import BASELINE_NAME, EXPERIMENTS, GROUPS, PAPER, STUDY, dataset_path, datasets
 
 
 def test_committed_files_match_the_table():
@@ -56,7 +56,7 @@ def test_every_config_names_itself_and_its_run_command():
         assert f"python pretrain_jax.py --config-name {exp.name}" in text
         assert f"python experiments/run_experiment.py {exp.name}" in text
         body = yaml.safe_load(text)
-        expected_parent = "/cfg_pretrain" if exp.name == BASELINE_NAME else BASELINE_NAME
+        expected_parent = "/cfg_pretrain" if exp.name == BASELINE_NAME or exp.standalone else BASELINE_NAME
         assert body["defaults"] == [expected_parent, "_self_"]
         assert (body["experiment_name"], body["experiment_group"]) == (exp.name, exp.group)
 
@@ -64,7 +64,8 @@ def test_every_config_names_itself_and_its_run_command():
 def test_study_size_and_groups():
     names = [e.name for e in EXPERIMENTS]
     assert len(names) == len(set(names))
-    assert len(STUDY) == 67 and BASELINE_NAME not in {e.name for e in STUDY}
+    assert len(STUDY) == 68 and STUDY[0].name == BASELINE_NAME  # the baseline and its 67 variations
+    assert EXPERIMENTS == STUDY + PAPER and all(e.standalone and e.group == "paper" for e in PAPER)
     assert set(GROUPS) == {
         "baseline",
         "exp01",
@@ -81,14 +82,22 @@ def test_study_size_and_groups():
         "exp10",
         "contrib01",
         "contrib02",
+        "paper",
     }
 
 
 def test_docs_show_how_to_build_every_dataset():
     doc = gen.DOC.read_text()
-    used = {p for e in EXPERIMENTS for p in e.changes.get("data_paths", [])}
+    used = {p for e in STUDY for p in e.changes.get("data_paths", [])}
     assert used >= {dataset_path(100, 1000), dataset_path(1000, 10)}
     for puzzles, aug in datasets():
         path = dataset_path(puzzles, aug)
         assert f"--output-dir {path} --subsample-size {puzzles} --num-aug {aug}" in doc
     assert used <= {dataset_path(n, k) for n, k in datasets()}
+
+
+def test_docs_list_the_paper_recipes_with_their_reported_accuracy():
+    doc = gen.DOC.read_text()
+    for exp in PAPER:
+        reported = next(n for n in exp.notes if "reports: " in n).split("reports: ", 1)[1]
+        assert f"| `{exp.name}` | {exp.description} | {reported} |" in doc

@@ -31,31 +31,37 @@ def test_dry_run_describes_without_launching(launched, capsys):
     out = capsys.readouterr().out
     assert launched == []
     assert "hidden_size: 384" in out and "experiment_name: exp01b" in out
-    assert "assumed 9x9 Sudoku" in out  # no dataset under data/ in the test tree
-    arch = validate(compose("exp01b")).arch
-    total = sum(num_parameters(arch, vocab_size=11, seq_len=81, num_puzzle_identifiers=1).values())
+    # No dataset under data/ in the test tree: the official Sudoku-Extreme sizes stand in.
+    assert "official size (Sudoku-Extreme); data/sudoku-extreme-1k-aug-1000 not built yet" in out
+    cfg = validate(compose("exp01b"))
+    total = sum(num_parameters(cfg.arch, vocab_size=11, seq_len=81, num_puzzle_identifiers=1).values())
     assert f"# parameters: {total:,}" in out
+    assert f"# total steps: {int(50000 * 1000 / 6144):,}" in out
+    assert "training +" in out and "10 evaluations x 16 ACT steps over 422,786 test examples" in out
     assert "runs/exp01/exp01b/checkpoints" in out and "project trm-exp01 (mode offline)" in out
 
 
+def _write_split(root, split: str, **meta) -> None:
+    (root / split).mkdir(parents=True)
+    base = {"pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "sets": ["all"]}
+    (root / split / "dataset.json").write_text(json.dumps({**base, **meta}))
+
+
 def test_dry_run_reads_dataset_metadata(tmp_path, capsys):
-    train = tmp_path / "ds" / "train"
-    train.mkdir(parents=True)
-    meta = {
-        "vocab_size": 13,
-        "seq_len": 81,
-        "num_puzzle_identifiers": 5,
-        "total_groups": 250,
-        "mean_puzzle_examples": 1001.0,
-    }
-    (train / "dataset.json").write_text(json.dumps(meta))
+    meta = {"vocab_size": 13, "seq_len": 81, "num_puzzle_identifiers": 5, "total_groups": 250, "total_puzzles": 250}
+    _write_split(tmp_path / "ds", "train", mean_puzzle_examples=1001.0, **meta)
     assert run_experiment.main(["exp06_f", f"data_paths=[{tmp_path / 'ds'}]", "--dry-run"]) == 0
     out = capsys.readouterr().out
     cfg = validate(compose("exp06_f"))
-    steps = int(cfg.epochs * meta["total_groups"] * meta["mean_puzzle_examples"] / cfg.global_batch_size)
+    steps = int(cfg.epochs * meta["total_groups"] * 1001.0 / cfg.global_batch_size)
     assert f"# total steps: {steps:,}" in out
     n = num_parameters(cfg.arch, vocab_size=13, seq_len=81, num_puzzle_identifiers=5)
     assert f"puzzle_emb {n['puzzle_emb']:,}" in out and n["puzzle_emb"] == 5 * cfg.arch.puzzle_emb_ndim
+    assert "no test split, so no evaluation" in out and "(0 evaluations" in out
+
+    _write_split(tmp_path / "ds", "test", mean_puzzle_examples=1.0, **{**meta, "total_puzzles": 77})
+    assert run_experiment.main(["exp06_f", f"data_paths=[{tmp_path / 'ds'}]", "--dry-run"]) == 0
+    assert "over 77 test examples; sizes from dataset metadata)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
