@@ -26,7 +26,7 @@ import pandas as pd
 
 from dataset.errors import DatasetError
 from dataset.format import load_metadata, merge_metadata
-from experiments.dedup import Training, group_trainings
+from experiments.dedup import MULTI_EMA, Training, group_trainings
 from experiments.table import BY_NAME, parse_dataset_path, planned_eval_subset
 from models.flops import analytic_flops, eval_flops
 from models.trm import ModelDims
@@ -36,6 +36,7 @@ from training.schedules import recursion_depth
 ROOT = Path(__file__).resolve().parents[1]
 SUDOKU_DIMS = ModelDims(vocab_size=11, seq_len=81, num_puzzle_identifiers=1)
 SUDOKU_EXTREME_TEST = 422_786  # puzzles in the official Sudoku-Extreme test.csv
+SCHEMA = PretrainConfig.model_fields
 
 
 @dataclass(frozen=True)
@@ -163,11 +164,14 @@ def plan_rows(cfgs: Mapping[str, PretrainConfig], selected: list[str], *, replic
     subset evaluations), carried by the first selected run of each training and 0 for the others.
     Trainings are found over all of `cfgs` (the table), as run_batch.py trains them."""
     trainings = group_trainings({n: c.model_dump() for n, c in cfgs.items()}, multi_ema=True, replicate=replicate)
-    carriers = {}
+    carriers: dict[str, str] = {}  # canonical run -> the first selected run of its training
     for name in selected:
-        carriers.setdefault(id(trainings[name]), name)
+        carriers.setdefault(trainings[name].canonical, name)
     return pd.DataFrame(
-        [_row(name, cfgs[name], trainings[name], carries=carriers[id(trainings[name])] == name) for name in selected]
+        [
+            _row(name, cfgs[name], trainings[name], carries=carriers[trainings[name].canonical] == name)
+            for name in selected
+        ]
     )
 
 
@@ -239,8 +243,7 @@ def render(df: pd.DataFrame, *, peak_tflops: float, mfu: float) -> str:
         ],
         dataset=[d + ("" if b else " (not built)") for d, b in zip(df["dataset"], df["dataset_built"], strict=True)],
         device_h_after=[
-            _sci(device_hours(f, peak_tflops=peak_tflops, mfu=mfu)) if f == f and f is not None else ""
-            for f in df["flops_after"]
+            _sci(device_hours(f, peak_tflops=peak_tflops, mfu=mfu)) if pd.notna(f) else "" for f in df["flops_after"]
         ],
     )
     columns = [
@@ -269,6 +272,9 @@ def render(df: pd.DataFrame, *, peak_tflops: float, mfu: float) -> str:
         f"total_flops_after  {t['total_flops_after']:.4g} ({t['device_hours_after']:,.0f} device-hours, "
         f"{100 * share:.1f}% of before): plus intermediate evaluations on eval_subset examples, final on the full set",
     ]
+    pending = [k for k, ready in (("ema_rates", MULTI_EMA), ("eval_subset", "eval_subset" in SCHEMA)) if not ready]
+    if pending:
+        lines.append(f"(after assumes {' and '.join(pending)}, which training/config.py does not have yet)")
     if t["unknown_cost"]:
         lines.append(f"not counted (dataset not built, no default size): {', '.join(t['unknown_cost'])}")
     return "\n".join(lines)

@@ -243,7 +243,7 @@ class Runner:
             record = {**self._base(name, p), "status": "skipped", **_outcome(done)}
         elif self.dry_run:
             if name not in self.announced:
-                print(f"{head}: would train {shlex.join(command(p))}  ->  {p.run_dir}; {cost.cost_line(p.cfg)}")
+                print(f"{head}: would train {shlex.join(command(p))}  ->  {p.run_dir}\n    {cost.cost_line(p.cfg)}")
             self.announced.add(name)
             return None
         else:
@@ -263,26 +263,23 @@ class Runner:
             return self._fail(
                 name, p, f"{name} and {canonical} share run_dir {p.run_dir}; use ${{experiment_name}} in it"
             )
-        if self.dry_run and finished(c)[0] is None:
-            print(f"{head}: alias of {canonical}: trained once as {canonical}, then {p.summary_file} points at it")
+        done, _ = finished(p)
+        if done is not None:  # trained on its own earlier, e.g. before the deduplication
+            print(f"{head}: already completed on its own, skipping ({p.summary_file})")
+            return {**self._base(name, p), "status": "skipped", **_outcome(done)}
+        if self.dry_run:
+            print(f"{head}: alias of {canonical}: {p.summary_file} will point at {canonical}'s training")
             self.train(canonical, f"{head} -> {canonical}")
             return None
         record = self.train(canonical, f"{head} -> {canonical}")
         if record is None or record["status"] not in ("completed", "skipped"):
             return self._fail(name, p, f"its training {canonical} did not complete")
         try:
-            summary = write_alias(p, c, finished(c)[0] or {}) if not self.dry_run else None
+            summary = write_alias(p, c, finished(c)[0] or {})
         except (FileExistsError, OSError) as err:
             return self._fail(name, p, str(err))
-        print(f"{head}: alias of {canonical}" + ("" if self.dry_run else f", wrote {p.summary_file}"))
-        if summary is None:
-            return None
-        return {
-            **self._base(name, p),
-            "status": "alias",
-            "alias_of": canonical,
-            "final_metrics": summary["final_metrics"],
-        }
+        print(f"{head}: alias of {canonical}, wrote {p.summary_file}")
+        return {**self._base(name, p), "status": "alias", "alias_of": canonical, **_outcome(summary)}
 
     def _fail(self, name: str, p: Plan, why: str) -> dict:
         print(f"{name}: {why}", file=sys.stderr)

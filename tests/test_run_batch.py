@@ -99,6 +99,19 @@ def test_identical_runs_train_once_and_all_report(batch):
     assert batch.calls() == ["baseline"]
 
 
+def test_an_alias_trained_on_its_own_earlier_counts_as_done(batch):
+    assert batch("baseline") == 0
+    own = batch.runs / "exp07b"
+    own.mkdir()
+    summary = (batch.runs / "baseline" / "summary.json").read_text()
+    (own / "summary.json").write_text(summary)
+    (own / "config.yaml").write_text((batch.runs / "baseline" / "config.yaml").read_text())
+    _edit(own / "config.yaml", experiment_name="exp07b", experiment_group="exp07")
+    assert batch("exp07b") == 0
+    assert batch.calls() == ["baseline"] and batch.summary()["exp07b"]["status"] == "skipped"
+    assert (own / "summary.json").read_text() == summary
+
+
 def test_replicate_duplicates_trains_them_with_their_own_seed(batch):
     assert batch("exp01c", "exp07b", "--replicate-duplicates") == 0
     assert batch.calls() == ["exp01c", "exp07b"]
