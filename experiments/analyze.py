@@ -209,7 +209,8 @@ def row(run: Run) -> dict[str, Any]:
     return {
         "name": c.get("experiment_name"),
         "group": c.get("experiment_group"),
-        "status": summary.get("status", "running") + (" (smoke)" if run.is_smoke else ""),
+        "status": summary.get("status", "running"),
+        "smoke": run.is_smoke,
         "alias_of": summary.get("alias_of"),
         "seed": c.get("seed"),
         # Trained runs with equal settings_id (the training's settings but the seed) and weights

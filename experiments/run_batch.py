@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 from experiments import plan as cost
 from experiments.dedup import MULTI_EMA, RAW, Training, evaluated_weightings, group_trainings, training_key, weighting
 from experiments.run_experiment import CONFIG_ERRORS, ROOT, Plan, command, launch, plan
 from experiments.table import BY_NAME, EXPERIMENTS, STUDY
-from training.config import validate
+from training.config import apply_smoke, validate
 
 TAIL_LINES = 20
 
@@ -75,8 +76,11 @@ def _recorded_config(p: Plan, summary: dict) -> dict | None:
     if isinstance(summary.get("config"), dict):
         return summary["config"]
     try:
-        return validate(yaml.safe_load((p.run_dir / "config.yaml").read_text())).model_dump()
-    except (OSError, yaml.YAMLError, *CONFIG_ERRORS):
+        raw = OmegaConf.create(yaml.safe_load((p.run_dir / "config.yaml").read_text()))
+        # Smoke settings are applied at start-up; apply_smoke is idempotent, so this reads a
+        # config.yaml written before or after them alike.
+        return validate(apply_smoke(raw)).model_dump()
+    except (OSError, ValueError, yaml.YAMLError, *CONFIG_ERRORS):
         return None
 
 

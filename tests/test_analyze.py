@@ -230,7 +230,8 @@ def test_smoke_runs_are_left_out_unless_asked(tmp_path, capsys):
     assert analyze.main(["--runs-dir", str(runs), "--out-dir", str(tmp_path / "out")]) == 1  # nothing else
     assert "left out 1 smoke runs" in capsys.readouterr().err
     assert analyze.main(["--runs-dir", str(runs), "--out-dir", str(tmp_path / "out"), "--include-smoke"]) == 0
-    assert _results(tmp_path / "out").loc["exp10a", "status"] == "completed (smoke)"
+    row = _results(tmp_path / "out").loc["exp10a"]
+    assert (row["status"], row["smoke"]) == ("completed", True)
 
 
 def test_replicates_are_summarised_as_mean_and_spread(tmp_path):

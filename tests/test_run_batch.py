@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -266,5 +267,8 @@ def test_smoke_batch_of_identical_runs_trains_once_and_resumes(tmp_path):
         timeout=120,
     )
     assert analysis.returncode == 0, analysis.stderr
-    results = {line.split(",")[0]: line for line in (tmp_path / "report" / "results.csv").read_text().splitlines()}
-    assert {"baseline", "exp07b", "exp10b"} <= set(results) and ",alias,baseline," in results["exp07b"]
+    results = pd.read_csv(tmp_path / "report" / "results.csv").set_index("name")
+    rows = results.loc[["baseline", "exp07b", "exp10b"]]
+    assert list(rows["status"]) == ["completed", "alias", "alias"] and rows["smoke"].all()
+    assert list(rows["alias_of"].fillna("")) == ["", "baseline", "baseline"]
+    assert rows["exact_accuracy"].nunique() == 1 and rows.loc["baseline", "replicates"] == 1
