@@ -4,139 +4,128 @@
     python pretrain_jax.py --config-name exp01a     # an experiment of the scaling study
     python pretrain_jax.py --config-name cfg_pretrain data_paths=[data/sudoku-extreme-1k-aug-1000] arch.mlp_t=true
 
-Reads top to bottom: config -> distributed -> data -> mesh -> model and state -> resume ->
-loop (train step, metrics one step late, evaluation, checkpoints) -> final save and summary.
+`train(cfg)` is the whole run as a function (tests call it in-process); `setup(cfg)` builds what
+its loop needs. Reading order: config -> distributed -> data -> mesh -> model and state ->
+resume -> loop (train step; metrics pulled one step late; what is due: log, evaluate,
+checkpoint, stop) -> final evaluation, checkpoint and summary.
+
+Shape legend for tensors named with a suffix: B batch rows, L sequence length (tokens),
+S = P + L positions with the P puzzle-embedding prefix, D hidden size, V vocabulary, E puzzle
+embedding width, N puzzle identifiers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import signal
 import sys
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import hydra
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from omegaconf import DictConfig
 
-from dataset.puzzle_dataset import TrainSampler, eval_batches
-from evaluators import create_evaluator
-from models.act import initial_carry
-from models.trm import ModelDims, build_model, num_parameters
+from dataset.errors import DatasetError
+from dataset.puzzle_dataset import PuzzleDataset, TrainSampler
+from evaluators import Evaluator, create_evaluator
+from models.act import Carry
+from models.trm import ModelDims, TRMInner, build_model, num_parameters
 from training import distributed
 from training.checkpointing import Checkpointer, load_weights
 from training.config import ConfigError, PretrainConfig, apply_smoke, validate
 from training.data import open_datasets
-from training.metrics_log import RunLogger, accumulate_train, reduce_eval, reduce_train
+from training.evaluation import evaluate
+from training.metrics_log import RunLogger, accumulate_train, reduce_train
 from training.optimizers import build_optimizer
-from training.run_paths import resolve_paths
+from training.periodic import Periodic, steps_per_eval
+from training.run_paths import RunPaths, resolve_paths
 from training.schedules import halt_exploration_prob, recursion_depth
-from training.sharding import Shardings, global_batch, local_rows, make_shardings
-from training.state import create_train_state
-from training.step import make_eval_step, make_train_step
+from training.sharding import Shardings, global_batch, make_shardings
+from training.signals import StopSignals
+from training.state import TrainState, init_state_and_carry
+from training.step import CompiledSteps
 
 log = logging.getLogger("pretrain")
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or non-finite weights; the message says what to do."""
 
 
-class Preemption:
-    """SIGTERM (a preemption notice) asks for a final checkpoint. With several processes, JAX's
-    preemption sync point makes every process stop at the same step."""
-
-    def __init__(self):
-        self.requested = False
-        if jax.process_count() == 1:
-            signal.signal(signal.SIGTERM, lambda *_: setattr(self, "requested", True))
-
-    def should_stop(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.requested
+# Errors whose message is the whole story: reported as one line, without a traceback.
+EXPECTED_ERRORS = (ConfigError, DatasetError, NonFiniteError, FileNotFoundError)
 
 
-def peak_memory_bytes() -> int | None:
-    stats = jax.local_devices()[0].memory_stats()
-    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+@dataclass
+class ModelSetup:
+    """The model and everything that steps it, for given data dimensions."""
+
+    model: TRMInner
+    state: TrainState
+    carry: Carry
+    steps: CompiledSteps
+    total_steps: int
 
 
-class Trainer:
-    """Holds the compiled steps (one per recursion depth) and runs evaluation."""
-
-    def __init__(
-        self,
-        cfg: PretrainConfig,
-        model,
-        tx,
-        total_steps: int,
-        sh: Shardings,
-        state_sharding,
-        carry_sharding,
-        test_ds,
-        evaluators,
-    ):
-        self.cfg, self.model, self.tx, self.total_steps, self.sh = cfg, model, tx, total_steps, sh
-        self.shardings = (state_sharding, carry_sharding)
-        self.test_ds, self.evaluators = test_ds, evaluators
-        self._train, self._eval = {}, {}
-
-    def train_fn(self, H: int, L: int):
-        if (H, L) not in self._train:
-            self._train[(H, L)] = make_train_step(
-                self.cfg, self.model, self.tx, self.total_steps, self.sh, H, L, *self.shardings
-            )
-        return self._train[(H, L)]
-
-    def evaluate(self, state, H: int, L: int, save_dir: str) -> dict[str, Any]:
-        if (H, L) not in self._eval:
-            self._eval[(H, L)] = make_eval_step(self.cfg, self.model, self.sh, H, L)
-        step_fn = self._eval[(H, L)]
-        variables = state.eval_variables(self.cfg.ema)
-        for ev in self.evaluators:
-            ev.begin_eval()
-        sums: dict[str, Any] = {}
-        batch_size = self.cfg.global_batch_size // self.cfg.grad_accum_steps
-        for set_name, local in eval_batches(
-            self.test_ds, batch_size, process_index=jax.process_index(), process_count=jax.process_count()
-        ):
-            metrics, outputs = step_fn(variables, state.puzzle_emb, global_batch(local, self.sh))
-            prev = sums.get(set_name)
-            sums[set_name] = metrics if prev is None else jax.tree.map(lambda a, b: a + b, prev, metrics)
-            if self.evaluators:
-                host_out = {k: local_rows(v) for k, v in outputs.items()}
-                for ev in self.evaluators:
-                    ev.update_batch(local, host_out)
-        results: dict[str, Any] = {}
-        for set_name, s in jax.device_get(sums).items():
-            results.update(reduce_eval(s, set_name))
-        for ev in self.evaluators:
-            extra = ev.result(save_dir)
-            results.update({f"eval/{k}": v for k, v in (extra or {}).items()})
-        return results
+def setup_model(cfg: PretrainConfig, dims: ModelDims, *, total_steps: int, sh: Shardings) -> ModelSetup:
+    """Model, optimizer, initial state and carry in their final shardings, and the step cache.
+    Also what benchmarks and tests build, so they time and test exactly the training program."""
+    model = build_model(cfg.arch, dims)
+    tx = build_optimizer(cfg, total_steps)
+    state, carry = init_state_and_carry(cfg, model, tx, num_puzzle_ids=dims.num_puzzle_identifiers, sh=sh)
+    steps = CompiledSteps(cfg=cfg, model=model, tx=tx, total_steps=total_steps, sh=sh, state=state, carry=carry)
+    return ModelSetup(model=model, state=state, carry=carry, steps=steps, total_steps=total_steps)
 
 
-def setup_logging() -> None:
-    level = logging.INFO if jax.process_index() == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True)
-    # Orbax logs every save step at INFO through absl; keep its warnings only.
-    logging.getLogger("absl").setLevel(logging.WARNING)
+@dataclass
+class RunSetup:
+    """Everything the training loop needs."""
+
+    cfg: PretrainConfig
+    paths: RunPaths
+    sh: Shardings
+    m: ModelSetup
+    sampler: TrainSampler
+    test_ds: PuzzleDataset | None
+    evaluators: list[Evaluator]
+    ckpt: Checkpointer
+    logger: RunLogger
+    periodic: Periodic
+    start_step: int
+    n_params: dict[str, int]
+    step: int = 0  # optimizer steps done, as the loop goes (for error reports)
+
+    def close(self) -> None:
+        """Release background threads and files, waiting for checkpoint saves in flight."""
+        self.sampler.close()
+        self.ckpt.close()
+        self.logger.close()
 
 
-@hydra.main(config_path="configs", config_name="quickstart", version_base=None)
-def main(raw: DictConfig) -> None:
-    # Config and processes
-    t_start = time.time()
-    raw = apply_smoke(raw)
-    cfg = validate(raw)
-    distributed.initialize(cfg.distributed)
-    setup_logging()
-    is_main = jax.process_index() == 0
+@dataclass
+class RunResult:
+    status: Literal["completed", "preempted", "failed"]
+    step: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    run_dir: str = ""
+    checkpoint_dir: str = ""
+    error: str | None = None
+    exit_code: int = 0
+
+
+def setup(cfg: PretrainConfig, *, raw: DictConfig | None = None) -> RunSetup:
+    """Everything the loop needs; on an error part-way, what was opened is closed again."""
+    with contextlib.ExitStack() as on_error:
+        run = _setup(cfg, raw, on_error)
+        on_error.pop_all()  # success: RunSetup.close() is the caller's
+        return run
+
+
+def _setup(cfg: PretrainConfig, raw: DictConfig | None, on_error: contextlib.ExitStack) -> RunSetup:
     paths = resolve_paths(cfg)
 
     # Data
@@ -163,14 +152,7 @@ def main(raw: DictConfig) -> None:
 
     # Model, optimizer, state, carry
     dims = ModelDims(meta.vocab_size, meta.seq_len, meta.num_puzzle_identifiers)
-    model = build_model(cfg.arch, dims)
-    tx = build_optimizer(cfg, total_steps)
-    state = jax.jit(
-        lambda: create_train_state(cfg, model, tx, meta.num_puzzle_identifiers), out_shardings=sh.replicated
-    )()
-    carry = jax.jit(lambda: initial_carry(model, cfg.global_batch_size), out_shardings=sh.rows)()
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    carry_sharding = jax.tree.map(lambda x: x.sharding, carry)
+    m = setup_model(cfg, dims, total_steps=total_steps, sh=sh)
     sampler = TrainSampler(
         train_ds,
         cfg.global_batch_size,
@@ -178,155 +160,233 @@ def main(raw: DictConfig) -> None:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    on_error.callback(sampler.close)
 
     # Resume exactly from the newest checkpoint, else optionally start from given weights
-    ckpt = Checkpointer(paths.checkpoint_dir, cfg)
-    restored = ckpt.restore_latest(state, carry)
+    spe = steps_per_eval(total_steps=total_steps, epochs=cfg.epochs, eval_interval=cfg.eval_interval)
+    ckpt = Checkpointer(paths.checkpoint_dir, cfg, steps_per_eval=spe)
+    on_error.callback(ckpt.close)
+    restored = ckpt.restore_latest(m.state, m.carry)
     if restored is not None:
-        state, carry, ckpt_meta = restored
+        m.state, m.carry, ckpt_meta = restored
         sampler.set_state(ckpt_meta["sampler"])
         log.info("resumed from %s step %d", paths.checkpoint_dir, ckpt_meta["step"])
     elif cfg.load_checkpoint:
-        state = load_weights(cfg.load_checkpoint, state, cfg)
-    start_step = int(state.step)
+        m.state = load_weights(cfg.load_checkpoint, m.state, cfg)
+    start_step = int(m.state.step)
 
-    evaluators = (
-        [
-            create_evaluator(
-                e.name, (cfg.data_paths_test or cfg.data_paths)[0], test_ds.metadata, **e.model_dump(exclude={"name"})
-            )
-            for e in cfg.evaluators
-        ]
-        if test_ds
-        else []
-    )
-    trainer = Trainer(cfg, model, tx, total_steps, sh, state_sharding, carry_sharding, test_ds, evaluators)
-    logger = RunLogger(paths, cfg, raw, is_main=is_main, total_steps=end_step, start_step=start_step)
+    evaluators = []
+    if test_ds is not None:
+        test_path = (cfg.data_paths_test or cfg.data_paths)[0]
+        for e in cfg.evaluators:
+            evaluators.append(create_evaluator(e.name, test_path, test_ds.metadata, **e.model_dump(exclude={"name"})))
+    logger = RunLogger(paths, cfg, raw, is_main=jax.process_index() == 0, total_steps=end_step, start_step=start_step)
     n_params = num_parameters(
-        cfg.arch, vocab_size=dims.vocab_size, seq_len=dims.seq_len, num_puzzle_identifiers=dims.num_puzzle_identifiers
+        cfg.arch,
+        vocab_size=dims.vocab_size,
+        seq_len=dims.seq_len,
+        num_puzzle_identifiers=dims.num_puzzle_identifiers,
     )
-    logger.message(
-        f"TRM {n_params['model']:,} params (+{n_params['puzzle_emb']:,} puzzle emb) | {jax.device_count()} devices, "
-        f"{jax.process_count()} processes | steps {start_step}->{end_step} of {total_steps} | "
-        f"run_dir {paths.run_dir} | "
-        f"checkpoints {paths.checkpoint_dir}"
+    periodic = Periodic(
+        end_step=end_step,
+        steps_per_eval=spe,
+        min_eval_interval=cfg.min_eval_interval,
+        log_every_steps=cfg.log_every_steps,
+    )
+    return RunSetup(
+        cfg=cfg,
+        paths=paths,
+        sh=sh,
+        m=m,
+        sampler=sampler,
+        test_ds=test_ds,
+        evaluators=evaluators,
+        ckpt=ckpt,
+        logger=logger,
+        periodic=periodic,
+        start_step=start_step,
+        n_params=n_params,
     )
 
-    steps_per_eval = max(1, total_steps * cfg.eval_interval // cfg.epochs)
-    preemption = Preemption()
-    step, pending, last_eval = start_step, None, {}
-    t_log, step_log = time.time(), start_step
+
+def train(cfg: PretrainConfig, *, raw: DictConfig | None = None) -> RunResult:
+    """The whole run. Returns how it ended; errors a user can fix come back as status `failed`
+    with a one-line message (after the checkpoints in flight are committed), bugs raise."""
+    t_start = time.time()
+    distributed.initialize(cfg.distributed)
+    setup_logging()
+    s = setup(cfg, raw=raw)
+    signals = StopSignals(
+        grace_seconds=cfg.stop_grace_seconds, multi_process=jax.process_count() > 1, last_checkpoint=s.ckpt.last_good
+    )
+    try:
+        return _run_loop(s, signals, t_start)
+    except EXPECTED_ERRORS as e:
+        s.ckpt.wait()
+        message = f"{e}; {s.ckpt.last_good()}"
+        s.logger.message(f"error: {message}")
+        return RunResult("failed", s.step, run_dir=s.paths.run_dir, error=message, exit_code=1)
+    finally:
+        signals.close()
+        s.close()
+
+
+def _run_loop(s: RunSetup, signals: StopSignals, t_start: float) -> RunResult:
+    cfg, sh, m = s.cfg, s.sh, s.m
+    s.logger.message(
+        f"TRM {s.n_params['model']:,} params (+{s.n_params['puzzle_emb']:,} puzzle emb) | "
+        f"{jax.device_count()} devices, {jax.process_count()} processes | "
+        f"steps {s.start_step}->{s.periodic.end_step} of {m.total_steps} | run_dir {s.paths.run_dir} | "
+        f"checkpoints {s.paths.checkpoint_dir}"
+    )
+    state, carry = m.state, m.carry
+    window = TrainWindow(cfg, s.logger)
+    step = s.step = s.start_step
+    pending, last_eval = None, {}
+    H, L = recursion_depth(cfg, s.sampler.epochs_done)
 
     def save(at_step: int) -> None:
-        ckpt.save(at_step, state, carry, {"sampler": sampler.get_state(), "epochs_done": sampler.epochs_done})
+        s.ckpt.save(at_step, state, carry, {"sampler": s.sampler.get_state(), "epochs_done": s.sampler.epochs_done})
 
-    window: dict[str, Any] = {}
+    def run_eval(at_step: int) -> dict[str, Any]:
+        # No process runs evaluation collectives while another still commits a checkpoint.
+        s.ckpt.wait()
+        results = evaluate(
+            m.steps.eval(H, L),
+            variables=state.eval_variables(cfg.ema),
+            puzzle_emb=state.puzzle_emb,
+            test_ds=s.test_ds,
+            batch_size=cfg.global_batch_size // cfg.grad_accum_steps,
+            sh=sh,
+            evaluators=s.evaluators,
+            save_dir=os.path.join(s.paths.run_dir, f"eval_step_{at_step}"),
+        )
+        s.logger.log(at_step, {"epoch": s.sampler.epochs_done, **results})
+        return results
 
-    def drain(item) -> None:
-        """Host side of a finished step, one step late so the device never waits for the host.
-        Metric sums accumulate over the logging window and are divided when logged."""
-        nonlocal t_log, step_log, window
-        done_step, metrics, extra = item
-        metrics = jax.device_get(metrics)
-        if not metrics["loss_finite"] and cfg.nonfinite_loss == "stop":
-            # Let an asynchronous save still in flight commit: exiting under it leaves a torn
-            # temporary directory and a traceback from Orbax's writer threads.
-            ckpt.wait()
-            raise NonFiniteLossError(
-                f"non-finite loss at step {done_step}: the update was not applied and the last good checkpoint "
-                f"in {paths.checkpoint_dir} is intact. Lower lr, use a wider dtype, or set nonfinite_loss=skip."
-            )
-        window = accumulate_train(window, metrics)
-        if done_step % cfg.log_every_steps == 0 or done_step == end_step:
-            now = time.time()
-            row = dict(reduce_train(window, cfg.global_batch_size), **extra)
-            row["train/examples_per_sec"] = (done_step - step_log) * cfg.global_batch_size / max(now - t_log, 1e-9)
-            t_log, step_log, window = now, done_step, {}
-            logger.log(done_step, row)
-            logger.progress(
-                done_step,
-                {
-                    "loss": f"{row['train/lm_loss']:.4f}",
-                    "acc": f"{row['train/accuracy']:.3f}",
-                    "ex/s": f"{row['train/examples_per_sec']:.0f}",
-                },
-            )
-
-    H, L = recursion_depth(cfg, sampler.epochs_done)
-    while step < end_step:
-        H, L = recursion_depth(cfg, sampler.epochs_done)
-        explore = halt_exploration_prob(cfg, step, total_steps)
-        batch = global_batch(sampler.next_batch(), sh)
-        state, carry, metrics = trainer.train_fn(H, L)(state, carry, batch, np.float32(explore))
-        step += 1
+    while step < s.periodic.end_step:
+        H, L = recursion_depth(cfg, s.sampler.epochs_done)
+        explore = halt_exploration_prob(cfg, step, m.total_steps)
+        with jax.transfer_guard(cfg.transfer_guard):
+            batch = global_batch(s.sampler.next_batch(), sh)
+            explore_prob = jax.device_put(np.float32(explore), sh.replicated)
+            state, carry, metrics = m.steps.train(H, L)(state, carry, batch, explore_prob)
+        step = s.step = step + 1
+        due = s.periodic.due(step)
+        # The host reads a step's metrics one step late, so the device never waits for it.
         if pending is not None:
-            drain(pending)
-        pending = (
-            step,
-            metrics,
-            {
-                "epoch": sampler.epochs_done,
-                "train/H_cycles": H,
-                "train/L_cycles": L,
-                "train/halt_exploration_prob": explore,
-            },
-        )
-        # The final evaluation comes after the loop; skip a periodic one that would nearly repeat it.
-        eval_due = (
-            step % steps_per_eval == 0
-            and step // steps_per_eval >= cfg.min_eval_interval
-            and end_step - step >= steps_per_eval
-        )
-        if eval_due and test_ds is not None:
-            drain(pending)
+            window.add(*pending)
+        extra = {"epoch": s.sampler.epochs_done, "train/H_cycles": H, "train/L_cycles": L}
+        pending = (step, metrics, dict(extra, **{"train/halt_exploration_prob": explore}), due.log)
+        if due.evaluate and s.test_ds is not None:
+            window.add(*pending)
             pending = None
-            # Let an in-flight async save finish first, so that no process runs evaluation
-            # collectives while another is still committing a checkpoint.
-            ckpt.wait()
-            last_eval = trainer.evaluate(state, H, L, os.path.join(paths.run_dir, f"eval_step_{step}"))
-            logger.log(step, {"epoch": sampler.epochs_done, **last_eval})
-        if (eval_due and cfg.checkpoint_every_eval) or (
-            cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
-        ):
+            last_eval = run_eval(step)
+        if s.ckpt.is_due(step, final=False) and not due.final:
             save(step)
-        if preemption.should_stop(step):
+        if signals.should_stop(step):
             if pending is not None:
-                drain(pending)
-            if step not in ckpt.steps():  # the periodic save may just have written it
-                save(step)
-            ckpt.close()
-            logger.message(f"preempted: saved step {step} to {paths.checkpoint_dir}; rerun the same command to resume")
-            logger.close()
-            sys.exit(143)
+                window.add(*pending)
+            save(step)
+            s.ckpt.wait()
+            name = "SIGTERM (preemption)" if signals.signum == 15 else "SIGINT"
+            s.logger.message(f"{name}: saved step {step} to {s.paths.checkpoint_dir}; rerun the same command to resume")
+            return RunResult(
+                "preempted", step, last_eval, s.paths.run_dir, s.paths.checkpoint_dir, exit_code=128 + signals.signum
+            )
     if pending is not None:
-        drain(pending)
+        window.add(*pending)
 
     # Final evaluation and checkpoint; summary.json last, once the checkpoint is durable
-    if test_ds is not None:
-        ckpt.wait()
-        last_eval = trainer.evaluate(state, H, L, os.path.join(paths.run_dir, f"eval_step_{step}"))
-        logger.log(step, {"epoch": sampler.epochs_done, **last_eval})
-        logger.message(
+    if s.test_ds is not None:
+        last_eval = run_eval(step)
+        s.logger.message(
             "final evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items() if isinstance(v, float))
         )
-    if step not in ckpt.steps():
-        save(step)
-    ckpt.close()
-    sampler.close()
-    logger.write_summary(
+    save(step)
+    s.ckpt.wait()
+    s.logger.write_summary(
         {
             "status": "completed",
             "step": step,
-            "total_steps": total_steps,
-            "num_params": n_params["model"],
-            "num_puzzle_emb_params": n_params["puzzle_emb"],
+            "total_steps": m.total_steps,
+            "num_params": s.n_params["model"],
+            "num_puzzle_emb_params": s.n_params["puzzle_emb"],
             "final_metrics": last_eval,
             "wall_time_s": time.time() - t_start,
             "peak_memory_bytes": peak_memory_bytes(),
-            "checkpoint_dir": paths.checkpoint_dir,
+            "checkpoint_dir": s.paths.checkpoint_dir,
+            "config_hash": cfg.hash(),
+            "smoke": cfg.smoke.enabled,
         }
     )
-    logger.close()
+    return RunResult("completed", step, last_eval, s.paths.run_dir, s.paths.checkpoint_dir)
+
+
+class TrainWindow:
+    """Host side of finished train steps: checks them, sums metrics over the logging window and
+    logs the window's averages."""
+
+    def __init__(self, cfg: PretrainConfig, logger: RunLogger):
+        self.cfg, self.logger = cfg, logger
+        self.sums: dict[str, Any] = {}
+        self.t0, self.step0 = time.time(), None
+
+    def add(self, step: int, metrics, extra: dict[str, Any], log_now: bool) -> None:
+        metrics = jax.device_get(metrics)
+        if not metrics["params_finite"]:
+            raise NonFiniteError(
+                f"the weights became non-finite before step {step} (nonfinite_loss={self.cfg.nonfinite_loss} "
+                "cannot recover from that): resume from a checkpoint with a lower lr or a wider dtype"
+            )
+        if not metrics["loss_finite"] and self.cfg.nonfinite_loss == "stop":
+            raise NonFiniteError(
+                f"non-finite loss at step {step}, the update was not applied: lower lr, use a wider "
+                "forward_dtype, or set nonfinite_loss=skip to drop such updates"
+            )
+        self.step0 = step - 1 if self.step0 is None else self.step0
+        self.sums = accumulate_train(self.sums, metrics)
+        if not log_now:
+            return
+        now = time.time()
+        row = dict(reduce_train(self.sums, self.cfg.global_batch_size), **extra)
+        row["train/examples_per_sec"] = (step - self.step0) * self.cfg.global_batch_size / max(now - self.t0, 1e-9)
+        self.t0, self.step0, self.sums = now, step, {}
+        self.logger.log(step, row)
+        self.logger.progress(
+            step,
+            {
+                "loss": f"{row['train/lm_loss']:.4f}",
+                "acc": f"{row['train/accuracy']:.3f}",
+                "ex/s": f"{row['train/examples_per_sec']:.0f}",
+            },
+        )
+
+
+def peak_memory_bytes() -> int | None:
+    stats = jax.local_devices()[0].memory_stats()
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def setup_logging() -> None:
+    level = logging.INFO if jax.process_index() == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True)
+    # Orbax logs every save step at INFO through absl; keep its warnings only.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+@hydra.main(config_path="configs", config_name="quickstart", version_base=None)
+def main(raw: DictConfig) -> None:
+    try:
+        raw = apply_smoke(raw)
+        cfg = validate(raw)
+        result = train(cfg, raw=raw)
+    except EXPECTED_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+    sys.exit(result.exit_code)
 
 
 if __name__ == "__main__":

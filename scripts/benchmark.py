@@ -32,14 +32,11 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from models.act import initial_carry
 from models.flops import analytic_flops
-from models.trm import ModelDims, build_model, num_parameters, puzzle_prefix_len
+from models.trm import ModelDims, num_parameters, puzzle_prefix_len
+from pretrain_jax import peak_memory_bytes, setup_model
 from training.config import compose, validate
-from training.optimizers import build_optimizer
 from training.sharding import global_batch, make_shardings
-from training.state import create_train_state
-from training.step import make_train_step
 
 # The paper's architecture, written out so that a change of the base config's defaults does not
 # silently change what a benchmark measures.
@@ -105,30 +102,16 @@ def xla_flops(compiled) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def peak_memory_bytes() -> int | None:
-    stats = jax.local_devices()[0].memory_stats()
-    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
-
-
 def run(cfg, dims: ModelDims, steps: int, warmup: int) -> dict:
     """Set up exactly like pretrain_jax.py, compile the train step, time `steps` steady steps."""
     sh = make_shardings(cfg.mesh_model)
     cfg.check_devices(sh.data_size)
-    model = build_model(cfg.arch, dims)
-    total_steps = warmup + steps
-    tx = build_optimizer(cfg, total_steps)
-    state = jax.jit(
-        lambda: create_train_state(cfg, model, tx, dims.num_puzzle_identifiers), out_shardings=sh.replicated
-    )()
-    carry = jax.jit(lambda: initial_carry(model, cfg.global_batch_size), out_shardings=sh.rows)()
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    carry_sharding = jax.tree.map(lambda x: x.sharding, carry)
+    m = setup_model(cfg, dims, total_steps=warmup + steps, sh=sh)
+    state, carry = m.state, m.carry
     local = synthetic_batch(dims, cfg.global_batch_size // jax.process_count(), np.random.default_rng(cfg.seed))
     batch = global_batch(local, sh)
-    explore = np.float32(cfg.arch.halt_exploration_prob)
-    H, L = cfg.arch.H_cycles, cfg.arch.L_cycles
-
-    train_step = make_train_step(cfg, model, tx, total_steps, sh, H, L, state_sharding, carry_sharding)
+    explore = jax.device_put(np.float32(cfg.arch.halt_exploration_prob), sh.replicated)
+    train_step = m.steps.train(cfg.arch.H_cycles, cfg.arch.L_cycles)
     t0 = time.perf_counter()
     compiled = train_step.lower(state, carry, batch, explore).compile()
     compile_s = time.perf_counter() - t0

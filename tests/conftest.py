@@ -86,10 +86,10 @@ def gcs_emulator():
 @pytest.fixture(scope="session")
 def data(tmp_path_factory) -> str:
     """The quickstart dataset (train and test splits), generated once per session."""
-    from dataset.quickstart import ensure_quickstart_dataset
+    from dataset.quickstart import build_quickstart_dataset
 
     path = str(tmp_path_factory.mktemp("data") / "qs")
-    ensure_quickstart_dataset(path)
+    build_quickstart_dataset(path)
     return path
 
 

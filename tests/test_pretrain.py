@@ -1,4 +1,5 @@
-"""End to end through the CLI: a short quick-start run learns, and writes every run output."""
+"""End to end: `train(cfg)` in-process (a quick-start run learns and writes every output; a short
+loop makes no host transfer inside the train step), and the Hydra entry point's exit codes."""
 
 import json
 import os
@@ -6,71 +7,108 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 import yaml
 
+from dataset.errors import DatasetError
+from pretrain_jax import train
+from training.config import compose, validate
+
 REPO = Path(__file__).resolve().parents[1]
+SMALL = ["arch.hidden_size=32", "arch.num_heads=2", "global_batch_size=16", "log_every_steps=1"]
 
 
-def _run(tmp_path, *overrides, timeout=600):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [
-        sys.executable,
-        "pretrain_jax.py",
-        *overrides,
-        f"run_dir={tmp_path / 'run'}",
-        f"data_paths=[{tmp_path / 'data'}]",
-    ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+def _cfg(run_dir, data, *overrides, config_name="quickstart"):
+    return validate(compose(config_name, [f"data_paths=[{data}]", f"run_dir={run_dir}", *overrides]))
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_quickstart_learns_and_writes_outputs(tmp_path):
-    out = _run(tmp_path, "epochs=20", "eval_interval=10", "log_every_steps=20")
-    assert out.returncode == 0, out.stderr[-4000:]
+def test_quickstart_learns_and_writes_outputs(tmp_path, data):
     run = tmp_path / "run"
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in rows if "train/lm_loss" in r]
+    result = train(_cfg(run, data, "epochs=20", "eval_interval=10", "log_every_steps=20"))
+    assert result.status == "completed" and result.exit_code == 0
+    rows = _rows(run)
+    train_rows = [r for r in rows if "train/lm_loss" in r]
     evals = [r for r in rows if "eval/all/exact_accuracy" in r]
-    assert train[-1]["train/lm_loss"] < 0.6 * train[0]["train/lm_loss"]
+    assert train_rows[-1]["train/lm_loss"] < 0.6 * train_rows[0]["train/lm_loss"]
     # 6-10 blanks with 4 candidates each: guessing solves fewer than 1 in 4000 puzzles.
     assert evals[-1]["eval/all/exact_accuracy"] > 0.02
     assert evals[-1]["eval/all/accuracy"] > evals[0]["eval/all/accuracy"]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["step"] == summary["total_steps"] == train[-1]["step"]
+    assert summary["status"] == "completed" and summary["step"] == summary["total_steps"] == train_rows[-1]["step"]
+    assert summary["final_metrics"] == result.metrics
     assert summary["final_metrics"]["eval/all/exact_accuracy"] == evals[-1]["eval/all/exact_accuracy"]
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["epochs"] == 20 and resolved["arch"]["puzzle_emb_ndim"] == resolved["arch"]["hidden_size"]
     assert (run / "checkpoints" / str(summary["step"])).is_dir()
-    assert "final evaluation" in out.stdout + out.stderr
 
 
 @pytest.mark.timeout(600)
-def test_max_steps_stops_early_evaluates_saves_and_logs_offline(tmp_path):
-    out = _run(
-        tmp_path,
-        "max_steps=3",
-        "arch.hidden_size=32",
-        "arch.num_heads=2",
-        "global_batch_size=16",
-        "log_every_steps=1",
-        "wandb.mode=offline",
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
+def test_halting_metrics_are_consistent(tmp_path, data):
+    result = train(_cfg(tmp_path / "run", data, *SMALL, "max_steps=6"))
+    m = result.metrics
+    n = 4  # the quick start's halt_max_steps
+    for k in ("accuracy", "exact_accuracy", "q_halt_accuracy"):
+        per_step = m[f"eval/all/{k}_per_step"]
+        assert len(per_step) == n
+        # Evaluation runs every row through all ACT steps: the last step is the ordinary metric.
+        assert per_step[-1] == pytest.approx(m[f"eval/all/{k}"], abs=1e-6)
+    assert all(0.0 <= f <= 1.0 for f in m["eval/all/halt_fraction_per_step"])
+    # Rows stop at their first q_halt > 0, else at step n; the histogram counts every row once.
+    hist = np.asarray(m["eval/all/halt_step_hist"])
+    assert hist.sum() == m["eval/all/count"]
+    assert m["eval/all/adaptive_steps"] == pytest.approx((hist * np.arange(1, n + 1)).sum() / hist.sum())
+    train_rows = [r for r in _rows(tmp_path / "run") if "train/lm_loss" in r]
+    # Step 1 loads every row; later steps load only the rows that halted.
+    assert train_rows[0]["train/new_data_fraction"] == 1.0
+    assert all(0.0 <= r["train/new_data_fraction"] <= 1.0 for r in train_rows)
+
+
+@pytest.mark.timeout(600)
+def test_no_host_transfer_inside_the_train_step(tmp_path, data):
+    result = train(_cfg(tmp_path / "run", data, *SMALL, "max_steps=3", "transfer_guard=disallow"))
+    assert result.status == "completed"
+    # The guard is real: an implicit transfer under it fails.
+    with pytest.raises(Exception, match="[Dd]isallowed"), jax.transfer_guard("disallow"):
+        jax.jit(lambda x: x + 1)(np.float32(1.0))
+
+
+@pytest.mark.timeout(600)
+def test_max_steps_stops_early_evaluates_saves_and_logs_offline(tmp_path, data):
+    run = tmp_path / "run"
+    result = train(_cfg(run, data, *SMALL, "max_steps=3", "wandb.mode=offline"))
+    assert result.status == "completed" and result.step == 3
     # W&B offline needs no network and keeps its run next to the other outputs.
-    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert list((run / "wandb").glob("offline-run-*"))
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["step"] == 3 < summary["total_steps"]
     assert "eval/all/exact_accuracy" in summary["final_metrics"]
-    assert (tmp_path / "run" / "checkpoints" / "3").is_dir()
+    assert (run / "checkpoints" / "3").is_dir()
 
 
 @pytest.mark.timeout(120)
 def test_missing_dataset_says_how_to_build_it(tmp_path):
-    out = _run(tmp_path, "data_generator=null")
-    assert out.returncode != 0
-    assert "build the dataset" in out.stderr and str(tmp_path / "data") in out.stderr
+    with pytest.raises(DatasetError, match="build the dataset") as err:
+        train(_cfg(tmp_path / "run", tmp_path / "nowhere", "data_generator=null"))
+    assert str(tmp_path / "nowhere") in str(err.value)
+
+
+@pytest.mark.timeout(120)
+def test_entry_point_reports_errors_in_one_line(tmp_path):
+    """The Hydra entry point: exit code 1 and a one-line message, no traceback."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "pretrain_jax.py", f"run_dir={tmp_path / 'run'}", f"data_paths=[{tmp_path / 'x'}]"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ") and str(tmp_path / "x") in out.stderr
 
 
 @pytest.mark.slow
@@ -80,46 +118,28 @@ def test_arc_run_reports_pass_at_k_and_writes_submission(tmp_path):
 
     write_tiny_arc(str(tmp_path / "arc"))
     build = subprocess.run(
-        [
-            sys.executable,
-            "dataset/build_arc_dataset.py",
-            "--input-file-prefix",
-            str(tmp_path / "arc"),
-            "--output-dir",
-            str(tmp_path / "data"),
-            "--subsets",
-            "training",
-            "evaluation",
-            "--test-set-name",
-            "evaluation",
-            "--num-aug",
-            "2",
-        ],
+        [sys.executable, "dataset/build_arc_dataset.py", "--input-file-prefix", str(tmp_path / "arc")]
+        + ["--output-dir", str(tmp_path / "data"), "--subsets", "training", "evaluation"]
+        + ["--test-set-name", "evaluation", "--num-aug", "2"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert build.returncode == 0, build.stderr
-    out = _run(
-        tmp_path,
-        "--config-name",
-        "cfg_pretrain",
+    arch = ["arch.hidden_size=32", "arch.num_heads=2", "arch.puzzle_emb_len=1", "arch.H_cycles=1"]
+    arch += ["arch.L_cycles=1", "arch.L_layers=1", "arch.halt_max_steps=2", "arch.forward_dtype=float32"]
+    cfg = _cfg(
+        tmp_path / "run",
+        tmp_path / "data",
         "data_generator=null",
         "evaluators=[{name:arc}]",
         "max_steps=2",
         "global_batch_size=8",
-        "arch.hidden_size=32",
-        "arch.num_heads=2",
-        "arch.puzzle_emb_len=1",
-        "arch.H_cycles=1",
-        "arch.L_cycles=1",
-        "arch.L_layers=1",
-        "arch.halt_max_steps=2",
-        "arch.forward_dtype=float32",
+        *arch,
+        config_name="cfg_pretrain",
     )
-    assert out.returncode == 0, out.stderr[-4000:]
-    final = json.loads((tmp_path / "run" / "summary.json").read_text())["final_metrics"]
+    final = train(cfg).metrics
     for k in (1, 2, 5, 10, 100, 1000):
         assert 0.0 <= final[f"eval/ARC/pass@{k}"] <= 1.0
     submission = json.loads((tmp_path / "run" / "eval_step_2" / "submission.json").read_text())

@@ -10,13 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.act import initial_carry
-from models.trm import ModelDims, build_model
+from models.trm import ModelDims
+from pretrain_jax import setup_model
 from training.config import compose, validate
-from training.optimizers import build_optimizer
 from training.sharding import global_batch, make_shardings
-from training.state import create_train_state
-from training.step import make_eval_step, make_train_step
+from training.step import make_eval_step
 
 OVERRIDES = [
     "arch.hidden_size=32",
@@ -29,23 +27,9 @@ OVERRIDES = [
 
 def _setup(devices, overrides=()):
     cfg = validate(compose("quickstart", OVERRIDES + list(overrides)))
-    model = build_model(cfg.arch, ModelDims(vocab_size=6, seq_len=16, num_puzzle_identifiers=3))
     sh = make_shardings(devices=devices)
-    tx = build_optimizer(cfg, total_steps=100)
-    state = jax.device_put(create_train_state(cfg, model, tx, 3), sh.replicated)
-    carry = jax.device_put(initial_carry(model, cfg.global_batch_size), sh.rows)
-    step = make_train_step(
-        cfg,
-        model,
-        tx,
-        100,
-        sh,
-        cfg.arch.H_cycles,
-        cfg.arch.L_cycles,
-        jax.tree.map(lambda x: x.sharding, state),
-        jax.tree.map(lambda x: x.sharding, carry),
-    )
-    return cfg, model, sh, state, carry, step
+    m = setup_model(cfg, ModelDims(vocab_size=6, seq_len=16, num_puzzle_identifiers=3), total_steps=100, sh=sh)
+    return cfg, m.model, sh, m.state, m.carry, m.steps.train(cfg.arch.H_cycles, cfg.arch.L_cycles)
 
 
 def _batches(n, B=16):
@@ -111,7 +95,7 @@ def test_nonfinite_update_is_skipped():
 @pytest.mark.timeout(300)
 def test_eval_runs_all_act_steps():
     cfg, model, sh, state, carry, _ = _setup(None)
-    ev = make_eval_step(cfg, model, sh, cfg.arch.H_cycles, cfg.arch.L_cycles)
+    ev = make_eval_step(cfg=cfg, model=model, sh=sh, H_cycles=cfg.arch.H_cycles, L_cycles=cfg.arch.L_cycles)
     metrics, outputs = ev(state.eval_variables(False), state.puzzle_emb, global_batch(next(_batches(1)), sh))
     # Every labelled row halts exactly at halt_max_steps in evaluation.
     assert float(metrics["steps"]) == cfg.arch.halt_max_steps * float(metrics["count"])

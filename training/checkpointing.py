@@ -45,17 +45,29 @@ def _abstract(tree):
 
 
 class Checkpointer:
-    def __init__(self, directory: str, cfg: PretrainConfig):
+    """Owns a run's checkpoints and its saving policy: every eval interval (the official
+    `checkpoint_every_eval`), every `checkpoint_every_steps`, and the final step."""
+
+    def __init__(self, directory: str, cfg: PretrainConfig, *, steps_per_eval: int):
         self.directory = directory
         self.cfg = cfg
+        self.steps_per_eval = steps_per_eval
         options = ocp.CheckpointManagerOptions(max_to_keep=cfg.max_to_keep, enable_async_checkpointing=True)
         self.manager = with_retries(
             lambda: ocp.CheckpointManager(directory, options=options, item_names=("state", "meta")),
             f"opening checkpoint directory {directory}",
         )
 
+    def is_due(self, step: int, *, final: bool) -> bool:
+        every = self.cfg.checkpoint_every_steps
+        interval_end = self.cfg.checkpoint_every_eval and step % self.steps_per_eval == 0
+        return final or interval_end or bool(every and step % every == 0)
+
     def save(self, step: int, state, carry, meta: dict[str, Any]) -> None:
-        """Asynchronous: returns once the arrays are copied off the devices."""
+        """Asynchronous: returns once the arrays are copied off the devices. A step that is
+        already saved (a periodic save just before a stop) is not written twice."""
+        if step in self.steps():
+            return
         meta = dict(meta, step=step, config=self.cfg.model_dump(), config_hash=self.cfg.hash())
         self.manager.save(
             step,
@@ -124,6 +136,13 @@ class Checkpointer:
             log.warning("deleting unreadable checkpoint step %d in %s", step, self.directory)
             self.manager.delete(step)
         return restored
+
+    def last_good(self) -> str:
+        """Where a user continues from, for error messages."""
+        steps = self.steps()
+        if not steps:
+            return f"no checkpoint has been written to {self.directory} yet"
+        return f"the last good checkpoint is step {steps[-1]} in {self.directory}"
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

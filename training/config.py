@@ -103,6 +103,8 @@ class PretrainConfig(Strict):
     loss_scale_init: float
     loss_scale_growth_interval: int
     nonfinite_loss: Literal["stop", "skip"]
+    stop_grace_seconds: float
+    transfer_guard: Literal["allow", "log", "disallow"]
     curriculum: CurriculumConfig
     halt_exploration_schedule: HaltExplorationSchedule
     seed: int

@@ -88,8 +88,10 @@ class RunLogger:
         if not is_main:
             return
         os.makedirs(paths.run_dir, exist_ok=True)
+        # The composed Hydra config when the run came through it, else the validated one: both
+        # are the config that trains (smoke settings applied).
         with open(paths.config_file, "w") as f:
-            f.write(OmegaConf.to_yaml(raw_cfg, resolve=True))
+            f.write(OmegaConf.to_yaml(raw_cfg if raw_cfg is not None else cfg.model_dump(), resolve=True))
         self._metrics = open(paths.metrics_file, "a")
         if cfg.wandb.mode != "disabled":
             import wandb

@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from models.act import Carry, initial_carry
 from models.trm import TRMInner, init_variables
 from training.config import PretrainConfig
+from training.sharding import Shardings
 
 
 @struct.dataclass
@@ -49,3 +51,13 @@ def create_train_state(
         loss_scale=jnp.asarray(cfg.loss_scale_init if cfg.arch.forward_dtype == "float16" else 1.0, jnp.float32),
         good_steps=jnp.zeros([], jnp.int32),
     )
+
+
+def init_state_and_carry(
+    cfg: PretrainConfig, model: TRMInner, tx: optax.GradientTransformation, *, num_puzzle_ids: int, sh: Shardings
+) -> tuple[TrainState, Carry]:
+    """The initial state (replicated) and ACT carry (rows over `data`), created on the devices
+    in their final layout: nothing of full size is built on one host first."""
+    state = jax.jit(lambda: create_train_state(cfg, model, tx, num_puzzle_ids), out_shardings=sh.replicated)()
+    carry = jax.jit(lambda: initial_carry(model, cfg.global_batch_size), out_shardings=sh.rows)()
+    return state, carry

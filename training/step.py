@@ -66,7 +66,7 @@ def _loss_and_grads(model: TRMInner, cfg: PretrainConfig, H_cycles: int, L_cycle
     return run
 
 
-def _accumulate(run, params, rows, buffers, carry, min_halt, scale, accum: int, sh: Shardings):
+def _accumulate(run, *, params, rows, buffers, carry, min_halt, scale, accum: int, sh: Shardings):
     """Gradient accumulation over `accum` micro-batches. Micro-batch a takes rows a, a+accum,
     ... so that every device keeps an equal share of every micro-batch."""
     if accum == 1:
@@ -90,6 +90,7 @@ def _accumulate(run, params, rows, buffers, carry, min_halt, scale, accum: int, 
 
 
 def make_train_step(
+    *,
     cfg: PretrainConfig,
     model: TRMInner,
     tx: optax.GradientTransformation,
@@ -115,7 +116,15 @@ def make_train_step(
         rows = jnp.take(state.puzzle_emb, ids, axis=0)
         min_halt = exploration_min_steps(explore_rng, ids.shape[0], exploration_prob, arch.halt_max_steps)
         g, g_rows, new_carry, metrics = _accumulate(
-            run, state.params, rows, state.buffers, carry, min_halt, state.loss_scale, cfg.grad_accum_steps, sh
+            run,
+            params=state.params,
+            rows=rows,
+            buffers=state.buffers,
+            carry=carry,
+            min_halt=min_halt,
+            scale=state.loss_scale,
+            accum=cfg.grad_accum_steps,
+            sh=sh,
         )
         g, g_rows = jax.tree.map(lambda x: x / state.loss_scale, (g, g_rows))
 
@@ -151,6 +160,7 @@ def make_train_step(
             metrics,
             lr=lr_fn(state.step),
             loss_finite=loss_finite,
+            params_finite=_all_finite(state.params),
             skipped=~ok,
             loss_scale=loss_scale,
             new_rows=new_rows,
@@ -171,7 +181,7 @@ def make_train_step(
     return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(state_sharding, carry_sharding, sh.replicated))
 
 
-def make_eval_step(cfg: PretrainConfig, model: TRMInner, sh: Shardings, H_cycles: int, L_cycles: int) -> Callable:
+def make_eval_step(*, cfg: PretrainConfig, model: TRMInner, sh: Shardings, H_cycles: int, L_cycles: int) -> Callable:
     arch = cfg.arch
     n = arch.halt_max_steps
 
@@ -229,3 +239,32 @@ def make_eval_step(cfg: PretrainConfig, model: TRMInner, sh: Shardings, H_cycles
         return metrics, {"preds": preds, "q_halt_logits": q_halt, "halt_step": first_halt_B}
 
     return jax.jit(eval_step, out_shardings=(sh.replicated, sh.rows))
+
+
+class CompiledSteps:
+    """A run's jitted programs, one train and one eval step per recursion depth (H_cycles,
+    L_cycles), each compiled on first use: the curriculum changes depth in whole cycles, so a run
+    compiles at most a few."""
+
+    def __init__(self, *, cfg: PretrainConfig, model: TRMInner, tx, total_steps: int, sh: Shardings, state, carry):
+        self._common = dict(cfg=cfg, model=model, sh=sh)
+        self._train_only = dict(
+            tx=tx,
+            total_steps=total_steps,
+            state_sharding=jax.tree.map(lambda x: x.sharding, state),
+            carry_sharding=jax.tree.map(lambda x: x.sharding, carry),
+        )
+        self._train: dict[tuple[int, int], Callable] = {}
+        self._eval: dict[tuple[int, int], Callable] = {}
+
+    def train(self, H_cycles: int, L_cycles: int) -> Callable:
+        if (H_cycles, L_cycles) not in self._train:
+            self._train[H_cycles, L_cycles] = make_train_step(
+                **self._common, **self._train_only, H_cycles=H_cycles, L_cycles=L_cycles
+            )
+        return self._train[H_cycles, L_cycles]
+
+    def eval(self, H_cycles: int, L_cycles: int) -> Callable:
+        if (H_cycles, L_cycles) not in self._eval:
+            self._eval[H_cycles, L_cycles] = make_eval_step(**self._common, H_cycles=H_cycles, L_cycles=L_cycles)
+        return self._eval[H_cycles, L_cycles]
