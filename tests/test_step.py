@@ -10,9 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models.act import act_step, initial_carry, reset_carry
+from models.losses import act_loss
 from models.trm import ModelDims
 from pretrain_jax import setup_model
 from training.config import compose, validate
+from training.optimizers import adam_atan2, sign_sgd_sparse_update
 from training.sharding import global_batch, make_shardings
 from training.step import make_eval_step
 
@@ -128,3 +131,91 @@ def test_bfloat16_step_keeps_float32_parameters():
     assert all(np.isfinite(losses))
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
     assert state.buffers["H_init"].dtype == jnp.bfloat16
+
+
+GOLDEN_HINT = (
+    "train_step no longer composes the parity-tested pieces the way this reference does. If that "
+    "change is intended (e.g. a new loss normalisation or EMA rule), update _reference_steps to the "
+    "new rule and rerun scripts/check_parity.py and scripts/replay_trace.py; otherwise the step broke."
+)
+
+
+def _tree_norm(tree) -> float:
+    return float(np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(tree))))
+
+
+def _reference_steps(cfg, model, state0, batches):
+    """The official training step, written out from the parity-tested pieces: loss / global batch
+    size, AdamATan2 at the warm-up lr of step k, sparse sign-SGD at the puzzle lr of step k, then
+    EMA of the new parameters. Exploration is off, so no row has a minimum halting step."""
+    B, arch = cfg.global_batch_size, cfg.arch
+    params, buffers, table = state0.params, state0.buffers, state0.puzzle_emb
+    ema, opt_state = params, adam_atan2(0.0, cfg.beta1, cfg.beta2, cfg.weight_decay).init(params)
+    carry = initial_carry(model, B)
+    out = []
+    for k, batch in enumerate(batches, start=1):
+        carry = reset_carry(carry, batch, buffers)
+        ids = carry.puzzle_identifiers
+
+        def loss(p, rows, carry=carry):
+            new, o = act_step(
+                model,
+                {"params": p, "buffers": buffers},
+                carry,
+                rows,
+                train=True,
+                min_halt_steps=jnp.zeros_like(carry.steps),
+                H_cycles=arch.H_cycles,
+                L_cycles=arch.L_cycles,
+            )
+            total, metrics, _ = act_loss(
+                o["logits"],
+                o["q_halt_logits"],
+                o["q_continue_logits"],
+                new.labels,
+                new.halted,
+                new.steps,
+                arch.loss_type,
+            )
+            return total / B, (new, metrics)
+
+        (_, (carry, metrics)), (g, g_rows) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+            params, jnp.take(table, ids, axis=0)
+        )
+        warm = k / cfg.lr_warmup_steps if k < cfg.lr_warmup_steps else 1.0  # lr_min_ratio 1: flat after warm-up
+        updates, opt_state = adam_atan2(cfg.lr * warm, cfg.beta1, cfg.beta2, cfg.weight_decay).update(
+            g, opt_state, params
+        )
+        params = jax.tree.map(jnp.add, params, updates)
+        table = sign_sgd_sparse_update(table, ids, g_rows, cfg.puzzle_emb_lr * warm, cfg.puzzle_emb_weight_decay)
+        ema = jax.tree.map(lambda e, p: cfg.ema_rate * e + (1 - cfg.ema_rate) * p, ema, params)
+        out.append((metrics, params, table, ema, opt_state))
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_two_train_steps_compose_the_parity_tested_pieces():
+    cfg, model, sh, state, carry, step = _setup(
+        None, ["arch.halt_exploration_prob=0.0", "ema=true", "ema_rate=0.9", "lr_warmup_steps=4", "lr_min_ratio=1.0"]
+    )
+    batches = list(_batches(2))
+    state0 = jax.tree.map(jnp.asarray, jax.device_get(state))
+    want = _reference_steps(cfg, model, state0, [jax.tree.map(jnp.asarray, b) for b in batches])
+    for k, (batch, (m_ref, params, table, ema, opt_state)) in enumerate(zip(batches, want, strict=True), start=1):
+        state, carry, metrics = step(state, carry, global_batch(batch, sh), np.float32(0.0))
+        got = jax.device_get((metrics, state))
+        pairs = {
+            "lm_loss": (got[0]["lm_loss"], m_ref["lm_loss"]),
+            "q_halt_loss": (got[0]["q_halt_loss"], m_ref["q_halt_loss"]),
+            "count": (got[0]["count"], m_ref["count"]),
+            "|params|": (_tree_norm(got[1].params), _tree_norm(params)),
+            "|puzzle_emb|": (_tree_norm(got[1].puzzle_emb), _tree_norm(table)),
+            "|ema|": (_tree_norm(got[1].ema_params), _tree_norm(ema)),
+            "|opt mu|": (_tree_norm(got[1].opt_state.mu), _tree_norm(opt_state.mu)),
+            "|opt nu|": (_tree_norm(got[1].opt_state.nu), _tree_norm(opt_state.nu)),
+        }
+        for name, (ours, ref) in pairs.items():
+            np.testing.assert_allclose(ours, ref, rtol=1e-5, err_msg=f"step {k} {name}: {GOLDEN_HINT}")
+        assert int(got[1].opt_state.count) == k
+        # Two steps with halt_max_steps 4 never halt a row (the Q head starts at -5): count 0.
+        assert int(got[0]["count"]) == 0 and not bool(got[0]["skipped"])
