@@ -33,16 +33,19 @@ from dataset.errors import DatasetError
 from dataset.puzzle_dataset import PuzzleDataset, TrainSampler
 from evaluators import Evaluator, create_evaluator
 from models.act import Carry
+from models.flops import analytic_flops
 from models.trm import ModelDims, TRMInner, build_model, num_parameters
 from training import distributed
-from training.checkpointing import Checkpointer, load_weights
+from training.checkpointing import Checkpointer, CheckpointError, load_weights
 from training.config import ConfigError, PretrainConfig, apply_smoke, validate
+from training.cost import CostClock
+from training.cost import summary as cost_summary
 from training.data import open_datasets
-from training.evaluation import evaluate
+from training.evaluation import eval_weightings, evaluate_all, subset_examples
 from training.metrics_log import RunLogger, accumulate_train, reduce_train
 from training.optimizers import build_optimizer
 from training.periodic import Periodic, steps_per_eval
-from training.run_paths import RunPaths, resolve_paths
+from training.run_paths import RunLock, RunPaths, resolve_paths, run_id
 from training.schedules import halt_exploration_prob, recursion_depth
 from training.sharding import Shardings, global_batch, make_shardings
 from training.signals import StopSignals
@@ -57,7 +60,7 @@ class NonFiniteError(RuntimeError):
 
 
 # Errors whose message is the whole story: reported as one line, without a traceback.
-EXPECTED_ERRORS = (ConfigError, DatasetError, NonFiniteError, FileNotFoundError)
+EXPECTED_ERRORS = (ConfigError, DatasetError, CheckpointError, NonFiniteError)
 
 
 @dataclass
@@ -93,17 +96,22 @@ class RunSetup:
     test_ds: PuzzleDataset | None
     evaluators: list[Evaluator]
     ckpt: Checkpointer
+    lock: RunLock
     logger: RunLogger
     periodic: Periodic
     start_step: int
     n_params: dict[str, int]
     step: int = 0  # optimizer steps done, as the loop goes (for error reports)
+    prior_cost: dict[str, float] = field(default_factory=dict)  # cost totals of the sessions before a resume
 
     def close(self) -> None:
-        """Release background threads and files, waiting for checkpoint saves in flight."""
-        self.sampler.close()
-        self.ckpt.close()
-        self.logger.close()
+        """Release background threads, files and the run lock, waiting for saves in flight."""
+        try:
+            self.sampler.close()
+            self.ckpt.close()
+            self.logger.close()
+        finally:
+            self.lock.release()
 
 
 @dataclass
@@ -127,18 +135,28 @@ def setup(cfg: PretrainConfig, *, raw: DictConfig | None = None) -> RunSetup:
 
 def _setup(cfg: PretrainConfig, raw: DictConfig | None, on_error: contextlib.ExitStack) -> RunSetup:
     paths = resolve_paths(cfg)
+    if cfg.arch.forward_dtype == "float16" and not cfg.arch.mlp_t and jax.default_backend() == "cpu":
+        raise ConfigError("float16 attention does not run on CPU (XLA has no such kernel): use bfloat16 or float32")
+    # One run per run_dir at a time; checkpoints carry the run's id so no other run resumes them.
+    lock = RunLock(paths.run_dir)
+    on_error.callback(lock.release)
+    rid = run_id(paths.run_dir)
 
-    # Data
+    # Data, and the evaluators that read it (checked before anything big is built)
     train_ds, test_ds = open_datasets(cfg)
+    evaluators = []
+    if test_ds is not None:
+        test_path = (cfg.data_paths_test or cfg.data_paths)[0]
+        for e in cfg.evaluators:
+            evaluators.append(create_evaluator(e.name, test_path, test_ds.metadata, **e.model_dump(exclude={"name"})))
     meta = train_ds.metadata
     distributed.assert_consistent(
         "config and dataset metadata", {"config": cfg.model_dump(), "train_metadata": meta.model_dump()}
     )
     total_steps = cfg.total_steps(meta.total_groups, meta.mean_puzzle_examples)
-    if total_steps < 1:
-        raise ConfigError(
-            f"epochs={cfg.epochs} x {meta.total_groups} groups / global_batch_size={cfg.global_batch_size} "
-            "gives no training step"
+    if cfg.lr_warmup_steps >= total_steps:
+        log.warning(
+            "lr_warmup_steps=%d >= the run's %d steps: the lr never leaves warm-up", cfg.lr_warmup_steps, total_steps
         )
     end_step = min(total_steps, cfg.max_steps or total_steps)
 
@@ -164,22 +182,23 @@ def _setup(cfg: PretrainConfig, raw: DictConfig | None, on_error: contextlib.Exi
 
     # Resume exactly from the newest checkpoint, else optionally start from given weights
     spe = steps_per_eval(total_steps=total_steps, epochs=cfg.epochs, eval_interval=cfg.eval_interval)
-    ckpt = Checkpointer(paths.checkpoint_dir, cfg, steps_per_eval=spe)
+    ckpt = Checkpointer(paths.checkpoint_dir, cfg, steps_per_eval=spe, run_id=rid)
     on_error.callback(ckpt.close)
-    restored = ckpt.restore_latest(m.state, m.carry)
+    restored = ckpt.restore_latest(m.state, m.carry, strict=_in_sweep())
     if restored is not None:
         m.state, m.carry, ckpt_meta = restored
         sampler.set_state(ckpt_meta["sampler"])
         log.info("resumed from %s step %d", paths.checkpoint_dir, ckpt_meta["step"])
+        if cfg.load_checkpoint:
+            log.warning(
+                "load_checkpoint=%s is ignored: resuming this run_dir's own checkpoint (use a new run_dir to "
+                "start from those weights)",
+                cfg.load_checkpoint,
+            )
     elif cfg.load_checkpoint:
         m.state = load_weights(cfg.load_checkpoint, m.state, cfg)
     start_step = int(m.state.step)
 
-    evaluators = []
-    if test_ds is not None:
-        test_path = (cfg.data_paths_test or cfg.data_paths)[0]
-        for e in cfg.evaluators:
-            evaluators.append(create_evaluator(e.name, test_path, test_ds.metadata, **e.model_dump(exclude={"name"})))
     logger = RunLogger(paths, cfg, raw, is_main=jax.process_index() == 0, total_steps=end_step, start_step=start_step)
     n_params = num_parameters(
         cfg.arch,
@@ -202,10 +221,12 @@ def _setup(cfg: PretrainConfig, raw: DictConfig | None, on_error: contextlib.Exi
         test_ds=test_ds,
         evaluators=evaluators,
         ckpt=ckpt,
+        lock=lock,
         logger=logger,
         periodic=periodic,
         start_step=start_step,
         n_params=n_params,
+        prior_cost=restored[2].get("cost", {}) if restored is not None else {},
     )
 
 
@@ -215,23 +236,28 @@ def train(cfg: PretrainConfig, *, raw: DictConfig | None = None) -> RunResult:
     t_start = time.time()
     distributed.initialize(cfg.distributed)
     setup_logging()
-    s = setup(cfg, raw=raw)
+    try:
+        s = setup(cfg, raw=raw)
+    except EXPECTED_ERRORS as e:
+        return RunResult("failed", 0, error=str(e), exit_code=1)
     signals = StopSignals(
         grace_seconds=cfg.stop_grace_seconds, multi_process=jax.process_count() > 1, last_checkpoint=s.ckpt.last_good
     )
+    clock = CostClock(session_start=t_start, num_devices=jax.device_count(), prior=s.prior_cost)
     try:
-        return _run_loop(s, signals, t_start)
+        return _run_loop(s, signals, clock)
     except EXPECTED_ERRORS as e:
         s.ckpt.wait()
         message = f"{e}; {s.ckpt.last_good()}"
         s.logger.message(f"error: {message}")
         return RunResult("failed", s.step, run_dir=s.paths.run_dir, error=message, exit_code=1)
     finally:
+        clock.close()
         signals.close()
         s.close()
 
 
-def _run_loop(s: RunSetup, signals: StopSignals, t_start: float) -> RunResult:
+def _run_loop(s: RunSetup, signals: StopSignals, clock: CostClock) -> RunResult:
     cfg, sh, m = s.cfg, s.sh, s.m
     s.logger.message(
         f"TRM {s.n_params['model']:,} params (+{s.n_params['puzzle_emb']:,} puzzle emb) | "
@@ -244,23 +270,38 @@ def _run_loop(s: RunSetup, signals: StopSignals, t_start: float) -> RunResult:
     step = s.step = s.start_step
     pending, last_eval = None, {}
     H, L = recursion_depth(cfg, s.sampler.epochs_done)
+    meta = s.sampler.dataset.metadata
+    dims = ModelDims(meta.vocab_size, meta.seq_len, meta.num_puzzle_identifiers)
+    subset = subset_examples(s.test_ds, cfg.eval_subset, seed=cfg.seed) if s.test_ds is not None else None
 
     def save(at_step: int) -> None:
-        s.ckpt.save(at_step, state, carry, {"sampler": s.sampler.get_state(), "epochs_done": s.sampler.epochs_done})
+        # The save copies the state off the devices anyway; waiting first keeps the step's own
+        # compute out of the checkpoint time.
+        jax.block_until_ready(state)
+        with clock.section("checkpoint"):
+            s.ckpt.save(
+                at_step,
+                state,
+                carry,
+                {"sampler": s.sampler.get_state(), "epochs_done": s.sampler.epochs_done, "cost": clock.totals()},
+            )
 
-    def run_eval(at_step: int) -> dict[str, Any]:
+    def run_eval(at_step: int, *, full: bool) -> dict[str, Any]:
         # No process runs evaluation collectives while another still commits a checkpoint.
-        s.ckpt.wait()
-        results = evaluate(
-            m.steps.eval(H, L),
-            variables=state.eval_variables(cfg.ema),
-            puzzle_emb=state.puzzle_emb,
-            test_ds=s.test_ds,
-            batch_size=cfg.global_batch_size // cfg.grad_accum_steps,
-            sh=sh,
-            evaluators=s.evaluators,
-            save_dir=os.path.join(s.paths.run_dir, f"eval_step_{at_step}"),
-        )
+        with clock.section("checkpoint"):
+            s.ckpt.wait()
+        with clock.section("eval"):
+            results = evaluate_all(
+                m.steps.eval(H, L),
+                weightings=eval_weightings(state, use_ema=cfg.ema, ema_rates=cfg.ema_rates),
+                examples=None if full else subset,
+                puzzle_emb=state.puzzle_emb,
+                test_ds=s.test_ds,
+                batch_size=cfg.global_batch_size // cfg.grad_accum_steps,
+                sh=sh,
+                evaluators=s.evaluators,
+                save_dir=os.path.join(s.paths.run_dir, f"eval_step_{at_step}"),
+            )
         s.logger.log(at_step, {"epoch": s.sampler.epochs_done, **results})
         return results
 
@@ -271,6 +312,7 @@ def _run_loop(s: RunSetup, signals: StopSignals, t_start: float) -> RunResult:
             batch = global_batch(s.sampler.next_batch(), sh)
             explore_prob = jax.device_put(np.float32(explore), sh.replicated)
             state, carry, metrics = m.steps.train(H, L)(state, carry, batch, explore_prob)
+        clock.add_steps(1, analytic_flops(cfg.arch, dims, cfg.global_batch_size, H, L)["total"])
         step = s.step = step + 1
         due = s.periodic.due(step)
         # The host reads a step's metrics one step late, so the device never waits for it.
@@ -281,7 +323,7 @@ def _run_loop(s: RunSetup, signals: StopSignals, t_start: float) -> RunResult:
         if due.evaluate and s.test_ds is not None:
             window.add(*pending)
             pending = None
-            last_eval = run_eval(step)
+            last_eval = run_eval(step, full=False)
         if s.ckpt.is_due(step, final=False) and not due.final:
             save(step)
         if signals.should_stop(step):
@@ -299,12 +341,13 @@ def _run_loop(s: RunSetup, signals: StopSignals, t_start: float) -> RunResult:
 
     # Final evaluation and checkpoint; summary.json last, once the checkpoint is durable
     if s.test_ds is not None:
-        last_eval = run_eval(step)
+        last_eval = run_eval(step, full=True)
         s.logger.message(
             "final evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items() if isinstance(v, float))
         )
     save(step)
-    s.ckpt.wait()
+    with clock.section("checkpoint"):
+        s.ckpt.wait()
     s.logger.write_summary(
         {
             "status": "completed",
@@ -313,11 +356,12 @@ def _run_loop(s: RunSetup, signals: StopSignals, t_start: float) -> RunResult:
             "num_params": s.n_params["model"],
             "num_puzzle_emb_params": s.n_params["puzzle_emb"],
             "final_metrics": last_eval,
-            "wall_time_s": time.time() - t_start,
+            "wall_time_s": time.time() - clock.session_start,
             "peak_memory_bytes": peak_memory_bytes(),
             "checkpoint_dir": s.paths.checkpoint_dir,
             "config_hash": cfg.hash(),
             "smoke": cfg.smoke.enabled,
+            "cost": cost_summary(clock.totals(), global_batch_size=cfg.global_batch_size, peak_tflops=cfg.peak_tflops),
         }
     )
     return RunResult("completed", step, last_eval, s.paths.run_dir, s.paths.checkpoint_dir)
@@ -366,6 +410,14 @@ class TrainWindow:
 def peak_memory_bytes() -> int | None:
     stats = jax.local_devices()[0].memory_stats()
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def _in_sweep() -> bool:
+    """A Hydra multirun job: resuming may not pick up another job's state."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def setup_logging() -> None:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import yaml
 
-from dataset.errors import DatasetError
 from pretrain_jax import train
 from training.config import compose, validate
 
@@ -95,9 +94,9 @@ def test_max_steps_stops_early_evaluates_saves_and_logs_offline(tmp_path, data):
 
 @pytest.mark.timeout(120)
 def test_missing_dataset_says_how_to_build_it(tmp_path):
-    with pytest.raises(DatasetError, match="build the dataset") as err:
-        train(_cfg(tmp_path / "run", tmp_path / "nowhere", "data_generator=null"))
-    assert str(tmp_path / "nowhere") in str(err.value)
+    result = train(_cfg(tmp_path / "run", tmp_path / "nowhere", "data_generator=null"))
+    assert result.status == "failed" and result.exit_code == 1
+    assert "build the dataset" in result.error and str(tmp_path / "nowhere") in result.error
 
 
 @pytest.mark.timeout(120)

@@ -17,10 +17,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
-from training.config import ConfigError, PretrainConfig
+from training.config import PretrainConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,14 +47,74 @@ def _abstract(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-class Checkpointer:
-    """Owns a run's checkpoints and its saving policy: every eval interval (the official
-    `checkpoint_every_eval`), every `checkpoint_every_steps`, and the final step."""
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used or written; the message says why and what to do."""
 
-    def __init__(self, directory: str, cfg: PretrainConfig, *, steps_per_eval: int):
+
+# Config keys whose change keeps a checkpoint meaningful: schedules, cadences, names, logging,
+# process layout (the data order depends only on the global batch). Every other key changes a
+# stored shape or what the state means (batch, architecture, optimizer, EMA, dtype, data, seed),
+# so unknown new keys are incompatible by default.
+RESUMABLE_KEYS = frozenset(
+    {
+        "lr", "lr_min_ratio", "lr_warmup_steps", "beta1", "beta2", "weight_decay", "puzzle_emb_lr",
+        "puzzle_emb_weight_decay", "epochs", "eval_interval", "min_eval_interval", "max_steps", "grad_accum_steps",
+        "nonfinite_loss", "stop_grace_seconds", "transfer_guard", "loss_scale_growth_interval",
+        "experiment_group", "experiment_name", "run_dir", "checkpoint_root", "checkpoint_every_eval",
+        "checkpoint_every_steps", "max_to_keep", "load_checkpoint", "log_every_steps", "resume", "data_paths_test",
+        "evaluators", "data_generator", "curriculum", "halt_exploration_schedule", "wandb", "distributed",
+        "arch.halt_exploration_prob", "arch.halt_max_steps", "arch.H_cycles", "arch.L_cycles", "arch.unroll_cycles",
+        "arch.attention_impl", "arch.H_layers",
+    }
+)  # fmt: skip
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v and f"{prefix}{k}" not in RESUMABLE_KEYS:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[dict, dict]:
+    """(resumable, incompatible) differences between two resolved configs: key -> (saved, now)."""
+    a, b = _flatten(saved), _flatten(current)
+    diff = {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+    resumable = {k: v for k, v in diff.items() if k in RESUMABLE_KEYS}
+    return resumable, {k: v for k, v in diff.items() if k not in resumable}
+
+
+def _checksum(x: jax.Array) -> jax.Array:
+    """Position-weighted sum of the raw bits mod 2^32: exact, independent of reduction order and
+    sharding, and any change of one element changes it (odd weights are invertible mod 2^32)."""
+    bits = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+    x = x.astype(jnp.uint8) if x.dtype == jnp.bool_ else x
+    words = jax.lax.bitcast_convert_type(x, bits).astype(jnp.uint32)
+    weights = 2 * jnp.arange(words.size, dtype=jnp.uint32).reshape(words.shape) + 1
+    return jnp.sum(words * weights, dtype=jnp.uint32)
+
+
+@jax.jit
+def checksums(tree) -> list[jax.Array]:
+    return [_checksum(x) for x in jax.tree.leaves(tree)]
+
+
+class Checkpointer:
+    """Owns a run's checkpoints: when to save (every eval interval, the official
+    `checkpoint_every_eval`; every `checkpoint_every_steps`; the final step), what a step holds
+    (state, carry, and meta: sampler position, config, run id, array checksums) and whether a
+    step may be resumed. It never deletes a step that a user could want: Orbax removes only
+    steps beyond `max_to_keep` after a newer one is committed, and a step that cannot be used is
+    moved aside into `<checkpoint dir>-quarantine/` with the reason next to it."""
+
+    def __init__(self, directory: str, cfg: PretrainConfig, *, steps_per_eval: int, run_id: str):
         self.directory = directory
         self.cfg = cfg
         self.steps_per_eval = steps_per_eval
+        self.run_id = run_id
         options = ocp.CheckpointManagerOptions(max_to_keep=cfg.max_to_keep, enable_async_checkpointing=True)
         self.manager = with_retries(
             lambda: ocp.CheckpointManager(directory, options=options, item_names=("state", "meta")),
@@ -68,74 +131,96 @@ class Checkpointer:
         already saved (a periodic save just before a stop) is not written twice."""
         if step in self.steps():
             return
-        meta = dict(meta, step=step, config=self.cfg.model_dump(), config_hash=self.cfg.hash())
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave({"state": state, "carry": carry}), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
+        tree = {"state": state, "carry": carry}
+        meta = dict(
+            meta,
+            step=step,
+            config=self.cfg.model_dump(),
+            config_hash=self.cfg.hash(),
+            run_id=self.run_id,
+            checksums=[int(c) for c in jax.device_get(checksums(tree))],
         )
+        args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
+        try:
+            self.manager.save(step, args=args, force=True)
+        except Exception as e:
+            raise CheckpointError(f"saving step {step} to {self.directory} failed: {_first_line(e)}") from e
 
     def steps(self) -> list[int]:
         return sorted(with_retries(self.manager.all_steps, f"listing {self.directory}"))
 
-    def _check_compatible(self, meta: dict[str, Any], step: int) -> None:
-        saved = meta.get("config", {}).get("arch", {})
-        ours = self.cfg.arch.model_dump()
-        # Cycle counts and halting limits may change between runs; the weights still fit.
-        shape_keys = (
-            "hidden_size",
-            "num_heads",
-            "expansion",
-            "L_layers",
-            "mlp_t",
-            "pos_encodings",
-            "puzzle_emb_ndim",
-            "puzzle_emb_len",
-        )
-        diff = {k: (saved.get(k), ours[k]) for k in shape_keys if saved.get(k) != ours[k]}
-        if diff:
-            raise ConfigError(
-                f"checkpoint step {step} in {self.directory} has a different architecture {diff} (saved, ours). "
-                "Point run_dir/checkpoint_root at a fresh location, "
-                "or use load_checkpoint= only with a compatible model."
+    def restore_latest(self, state, carry, *, strict: bool = False) -> tuple[Any, Any, dict[str, Any]] | None:
+        """(state, carry, meta) of the newest usable step, None when there is none (or
+        `resume=never`, which refuses a directory with steps). Compatibility is decided from
+        the step's meta before any array is read; `strict` (a Hydra sweep) refuses any change."""
+        resume = self.cfg.resume
+        steps = self.steps()
+        if steps and resume == "never":
+            raise CheckpointError(
+                f"resume=never, but {self.directory} already holds steps {steps}: use a new run_dir (or "
+                "checkpoint_root), or resume=auto to continue them"
             )
-
-    def restore_latest(self, state, carry) -> tuple[Any, Any, dict[str, Any]] | None:
-        """(state, carry, meta) of the newest readable step, or None if there is none.
-
-        Unreadable steps newer than that are deleted: the run retrains them, and Orbax would
-        refuse to save over them (or the final save would be skipped as already present)."""
-        broken = []
-        restored = None
-        for step in reversed(self.steps()):
-            try:
-                meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-            except Exception as e:  # corrupt metadata: fall back to an older step
-                log.warning(
-                    "checkpoint step %d in %s is unreadable (%s); trying the previous one", step, self.directory, e
-                )
-                broken.append(step)
+        for step in reversed(steps):
+            meta = self._read_meta(step)
+            if meta is None:
                 continue
-            self._check_compatible(meta, step)
+            self._check_resumable(meta, step, strict=strict)
+            target = {"state": _abstract(state), "carry": _abstract(carry)}
             try:
-                target = {"state": _abstract(state), "carry": _abstract(carry)}
-                item = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))[
-                    "state"
-                ]
+                restore = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+                item = self.manager.restore(step, args=restore)["state"]
             except Exception as e:
-                log.warning(
-                    "checkpoint step %d in %s is unreadable (%s); trying the previous one", step, self.directory, e
-                )
-                broken.append(step)
+                self._quarantine(step, f"its arrays cannot be read ({_first_line(e)})")
                 continue
-            restored = item["state"], item["carry"], meta
-            break
-        for step in broken:
-            log.warning("deleting unreadable checkpoint step %d in %s", step, self.directory)
-            self.manager.delete(step)
-        return restored
+            if "checksums" in meta and [int(c) for c in jax.device_get(checksums(item))] != meta["checksums"]:
+                self._quarantine(step, "its arrays do not match the checksums saved with them (corrupted data)")
+                continue
+            return item["state"], item["carry"], meta
+        if resume == "must":
+            raise CheckpointError(f"resume=must, but {self.directory} holds no usable checkpoint")
+        return None
+
+    def _read_meta(self, step: int) -> dict[str, Any] | None:
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            self._quarantine(step, f"its metadata cannot be read ({_first_line(e)})")
+            return None
+
+    def _check_resumable(self, meta: dict[str, Any], step: int, *, strict: bool) -> None:
+        where = f"checkpoint step {step} in {self.directory}"
+        ways_out = (
+            "Either train in a new run_dir (run_dir=NEW_DIR), or start a new run from these weights: "
+            f"run_dir=NEW_DIR load_checkpoint={self.directory}"
+        )
+        if meta.get("run_id", self.run_id) != self.run_id:
+            raise CheckpointError(
+                f"{where} belongs to another run (run id {meta['run_id']}, this run_dir's is {self.run_id}): two "
+                f"runs share this checkpoint directory. {ways_out}"
+            )
+        resumable, incompatible = config_changes(meta.get("config", {}), self.cfg.model_dump())
+        if strict:
+            resumable, incompatible = {}, {**incompatible, **resumable}
+        if incompatible:
+            changes = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in incompatible.items())
+            why = "a sweep job must not resume another job's state" if strict else "they change the saved state"
+            raise CheckpointError(f"cannot resume {where}: {why}: {changes}. {ways_out}")
+        for k, (old, new) in resumable.items():
+            log.warning("resuming %s with %s changed: %r -> %r", where, k, old, new)
+
+    def _quarantine(self, step: int, reason: str) -> None:
+        """Move an unusable step aside (never delete it), so that the run can retrain and save
+        that step number again; the reason is written next to it."""
+        src = epath.Path(self.directory) / str(step)
+        dest_dir = epath.Path(f"{self.directory.rstrip('/')}-quarantine")
+        dest = dest_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            src.rename(dest)
+            (dest_dir / f"{dest.name}.reason.txt").write_text(f"checkpoint step {step}: {reason}\n")
+        multihost_utils.sync_global_devices(f"quarantine {step}")
+        self.manager.reload()
+        log.warning("checkpoint step %d in %s is unusable: %s; moved to %s", step, self.directory, reason, dest)
 
     def last_good(self) -> str:
         """Where a user continues from, for error messages."""
@@ -145,44 +230,82 @@ class Checkpointer:
         return f"the last good checkpoint is step {steps[-1]} in {self.directory}"
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise CheckpointError(f"writing a checkpoint to {self.directory} failed: {_first_line(e)}") from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]
 
 
 def load_weights(path: str, state, cfg: PretrainConfig):
     """`load_checkpoint=PATH`: start from saved weights with a fresh optimizer and data stream.
 
-    PATH is a checkpoint directory of this project (its newest step, or a step directory) or an
-    `.npz` of an official PyTorch state_dict (see models/torch_import.py). A puzzle-embedding
+    PATH is a checkpoint directory of this project (its newest step), one step directory of it,
+    or an `.npz` of an official PyTorch state_dict (see models/torch_import.py). A puzzle-embedding
     table whose size differs is re-initialised to its mean row, as the official code does.
+    Nothing is created at PATH: a missing path is an error.
     """
+    if not epath.Path(path).exists():
+        raise CheckpointError(f"load_checkpoint={path}: no such file or directory")
     if path.endswith(".npz"):
         from models.torch_import import import_state_dict
 
-        params, buffers, table = import_state_dict(
-            dict(np.load(path)), {"params": state.params, "buffers": state.buffers}
-        )
+        try:
+            params, buffers, table = import_state_dict(
+                dict(np.load(path)), {"params": state.params, "buffers": state.buffers}
+            )
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"load_checkpoint={path} does not fit this architecture: {_first_line(e)}") from e
     else:
-        manager = ocp.CheckpointManager(path, item_names=("state", "meta"))
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"load_checkpoint={path}: no checkpoint steps found there")
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["state"]
-        params, buffers, table = restored["params"], restored["buffers"], np.asarray(restored["puzzle_emb"])
+        params, buffers, table = _saved_weights(path, state)
     if table is not None and table.shape != state.puzzle_emb.shape:
         log.warning(
             "resetting puzzle embedding: checkpoint has %s, this dataset needs %s", table.shape, state.puzzle_emb.shape
         )
         table = np.broadcast_to(table.mean(0, keepdims=True), state.puzzle_emb.shape)
-    put = lambda new, old: jax.device_put(np.asarray(new, dtype=old.dtype).reshape(old.shape), old.sharding)
+    put = lambda new, old: jax.device_put(np.asarray(new, dtype=old.dtype), old.sharding)  # noqa: E731
     state = state.replace(
         params=jax.tree.map(put, params, state.params), buffers=jax.tree.map(put, buffers, state.buffers)
     )
     if table is not None:
         state = state.replace(puzzle_emb=put(table, state.puzzle_emb))
-    if cfg.ema:
-        state = state.replace(ema_params=jax.tree.map(lambda x: x.copy(), state.params))
+    # Every EMA the run keeps (the primary one and the ema_rates shadows) starts at the loaded weights.
+    state = state.restart_ema()
     return state
+
+
+def _saved_weights(path: str, state) -> tuple[Any, Any, np.ndarray]:
+    """params, buffers and puzzle table of this project's checkpoint at `path` (a manager
+    directory or one of its step directories), checked against `state`'s shapes."""
+    p = epath.Path(path)
+    root, step = (p.parent, int(p.name)) if p.name.isdigit() else (p, None)
+    with ocp.CheckpointManager(root, item_names=("state", "meta")) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise CheckpointError(f"load_checkpoint={path}: no checkpoint step found there")
+        saved = manager.item_metadata(step)["state"]["state"]
+        want = {"params": state.params, "buffers": state.buffers}
+        mismatched = [
+            f"{jax.tree_util.keystr(k)} {tuple(a.shape)} (ours {tuple(b.shape)})"
+            for (k, a), b in zip(
+                jax.tree.flatten_with_path({k: saved[k] for k in want})[0], jax.tree.leaves(want), strict=False
+            )
+            if tuple(a.shape) != tuple(b.shape)
+        ]
+        if jax.tree.structure(want) != jax.tree.structure({k: saved[k] for k in want}) or mismatched:
+            raise CheckpointError(
+                f"load_checkpoint={path} is a checkpoint of another architecture: "
+                f"{', '.join(mismatched[:5]) or 'different parameters'}; pick a checkpoint of this model's arch"
+            )
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["state"]
+    return restored["params"], restored["buffers"], np.asarray(restored["puzzle_emb"])

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from models.config import ArchConfig, Strict
+from models.config import ArchConfig, NonNegFloat, NonNegInt, PosFloat, PosInt, Probability, Strict
 
 
 class WandbConfig(Strict):
@@ -32,9 +32,9 @@ class DistributedConfig(Strict):
     coordinator_address: str | None
     num_processes: int | None
     process_id: int | None
-    initialization_timeout: int
-    heartbeat_timeout_seconds: int
-    shutdown_timeout_seconds: int
+    initialization_timeout: PosInt
+    heartbeat_timeout_seconds: PosInt
+    shutdown_timeout_seconds: PosInt
 
 
 class CurriculumConfig(Strict):
@@ -42,9 +42,9 @@ class CurriculumConfig(Strict):
     architecture's values over the first `epochs` epochs (contribution 1)."""
 
     enabled: bool
-    start_L_cycles: int
-    start_H_cycles: int
-    epochs: float
+    start_L_cycles: PosInt
+    start_H_cycles: PosInt
+    epochs: NonNegFloat
 
 
 class HaltExplorationSchedule(Strict):
@@ -52,19 +52,23 @@ class HaltExplorationSchedule(Strict):
     (contribution 2); disabled means the architecture's fixed value."""
 
     enabled: bool
-    start: float
-    end: float
+    start: Probability
+    end: Probability
 
 
 class SmokeConfig(Strict):
     """`smoke.enabled=true` shrinks any experiment so it finishes on a CPU in seconds."""
 
     enabled: bool
-    hidden_size: int
-    num_heads: int
-    global_batch_size: int
-    max_steps: int
-    num_puzzles: int
+    hidden_size: PosInt
+    num_heads: PosInt
+    global_batch_size: PosInt
+    max_steps: PosInt | None
+    num_puzzles: PosInt
+
+
+# Evaluator plugins by name (evaluators/__init__.py builds them).
+EVALUATORS = ("arc",)
 
 
 class EvaluatorConfig(BaseModel):
@@ -80,74 +84,77 @@ class PretrainConfig(Strict):
     evaluators: list[EvaluatorConfig]
     data_generator: Literal["quickstart", "smoke"] | None
     # Schedule
-    global_batch_size: int
-    grad_accum_steps: int
-    epochs: int
-    eval_interval: int
-    min_eval_interval: int
-    max_steps: int | None
+    global_batch_size: PosInt
+    grad_accum_steps: PosInt
+    epochs: PosInt
+    eval_interval: PosInt
+    min_eval_interval: NonNegInt
+    max_steps: PosInt | None
     # Optimizer
     optimizer: Literal["adam_atan2", "adamw", "lion"]
-    lr: float
-    lr_min_ratio: float
-    lr_warmup_steps: int
-    beta1: float
-    beta2: float
-    weight_decay: float
-    puzzle_emb_lr: float
-    puzzle_emb_weight_decay: float
+    lr: PosFloat
+    lr_min_ratio: Probability
+    lr_warmup_steps: NonNegInt
+    beta1: Annotated[float, Field(ge=0, lt=1)]
+    beta2: Annotated[float, Field(ge=0, lt=1)]
+    weight_decay: NonNegFloat
+    puzzle_emb_lr: NonNegFloat
+    puzzle_emb_weight_decay: NonNegFloat
     freeze_weights: bool
     ema: bool
-    ema_rate: float
+    ema_rate: Annotated[float, Field(gt=0, lt=1)]
+    ema_rates: list[Annotated[float, Field(gt=0, lt=1)]]
     # float16 dynamic loss scaling (ignored for bfloat16/float32)
-    loss_scale_init: float
-    loss_scale_growth_interval: int
+    loss_scale_init: PosFloat
+    loss_scale_growth_interval: PosInt
     nonfinite_loss: Literal["stop", "skip"]
-    stop_grace_seconds: float
+    stop_grace_seconds: PosFloat
     transfer_guard: Literal["allow", "log", "disallow"]
     curriculum: CurriculumConfig
     halt_exploration_schedule: HaltExplorationSchedule
-    seed: int
+    seed: NonNegInt
     # Outputs
     experiment_group: str
     experiment_name: str
     run_dir: str | None
     checkpoint_root: str | None
     checkpoint_every_eval: bool
-    checkpoint_every_steps: int | None
-    max_to_keep: int
+    checkpoint_every_steps: PosInt | None
+    max_to_keep: PosInt
+    resume: Literal["auto", "never", "must"]
     load_checkpoint: str | None
-    log_every_steps: int
+    log_every_steps: PosInt
+    eval_subset: PosInt | None
+    peak_tflops: PosFloat | None
     wandb: WandbConfig
     # Parallelism
-    mesh_model: int
+    mesh_model: PosInt
     distributed: DistributedConfig
     smoke: SmokeConfig
 
     @model_validator(mode="after")
     def _values(self) -> PretrainConfig:
-        if self.global_batch_size < 1 or self.grad_accum_steps < 1:
-            raise ValueError("global_batch_size and grad_accum_steps must be >= 1")
         if self.global_batch_size % self.grad_accum_steps:
             raise ValueError(
                 f"global_batch_size={self.global_batch_size} is not divisible by "
                 f"grad_accum_steps={self.grad_accum_steps}"
             )
-        if self.epochs < 1 or self.eval_interval < 1:
-            raise ValueError("epochs and eval_interval must be >= 1")
         if self.epochs % self.eval_interval:
             raise ValueError(
                 f"epochs={self.epochs} must be a multiple of eval_interval={self.eval_interval} "
                 "(the official loop trains eval_interval epochs between evaluations)"
             )
-        if not 0.0 <= self.lr_min_ratio <= 1.0:
-            raise ValueError("lr_min_ratio must be in [0, 1]")
-        if not 0.0 < self.ema_rate < 1.0:
-            raise ValueError("ema_rate must be in (0, 1)")
         if not self.data_paths:
             raise ValueError("data_paths is empty: name at least one dataset directory")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError("max_steps must be >= 1 or null")
+        unknown = sorted({e.name for e in self.evaluators} - set(EVALUATORS))
+        if unknown:
+            raise ValueError(f"unknown evaluators {unknown}: available {list(EVALUATORS)}")
+        labels = [f"{r:g}" for r in self.ema_rates]
+        if len(set(labels)) < len(labels) or (f"{self.ema_rate:g}" in labels and self.ema_rate not in self.ema_rates):
+            raise ValueError(
+                f"ema_rates={self.ema_rates} (with ema_rate={self.ema_rate}) holds rates that print alike "
+                "(eval_ema<rate> metric names): give each rate once"
+            )
         if self.mesh_model != 1:
             raise ValueError("mesh_model > 1 (tensor parallelism) is not implemented; use 1")
         c = self.curriculum
@@ -168,8 +175,16 @@ class PretrainConfig(Strict):
             )
 
     def total_steps(self, total_groups: int, mean_puzzle_examples: float) -> int:
-        """Official: int(epochs * total_groups * mean_puzzle_examples / global_batch_size)."""
-        return int(self.epochs * total_groups * mean_puzzle_examples / self.global_batch_size)
+        """Official: int(epochs * total_groups * mean_puzzle_examples / global_batch_size), which
+        must fit the int32 step counter of the state."""
+        steps = int(self.epochs * total_groups * mean_puzzle_examples / self.global_batch_size)
+        if steps < 1 or steps >= 2**31:
+            raise ConfigError(
+                f"epochs={self.epochs} x {total_groups} groups x {mean_puzzle_examples:g} examples / "
+                f"global_batch_size={self.global_batch_size} gives {steps} training steps: choose epochs so that "
+                f"there are between 1 and {2**31 - 1}"
+            )
+        return steps
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
@@ -235,7 +250,10 @@ def apply_smoke(cfg: DictConfig) -> DictConfig:
     OmegaConf.update(cfg, "max_steps", s.max_steps)
     OmegaConf.update(cfg, "lr_warmup_steps", 1)
     OmegaConf.update(cfg, "checkpoint_every_steps", None)
-    run_dir = cfg.run_dir or f"runs/{cfg.experiment_group}/{cfg.experiment_name}"
+    # A smoke run never writes where the real experiment does (its summary would mark it done).
+    run_dir = cfg.run_dir or f"runs/smoke/{cfg.experiment_group}/{cfg.experiment_name}"
+    OmegaConf.update(cfg, "run_dir", run_dir)
+    OmegaConf.update(cfg, "checkpoint_root", None)
     OmegaConf.update(cfg, "data_paths", [f"{run_dir}/smoke_data"])
     OmegaConf.update(cfg, "data_generator", "smoke")
     OmegaConf.update(cfg, "data_paths_test", [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,32 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _set_aside_rows_after(metrics_file: str, step: int) -> None:
+    """A resumed run logs again the steps after its checkpoint: move the rows the interrupted run
+    wrote for them into a side file (kept, never deleted), so metrics.jsonl has each step once."""
+    if not os.path.exists(metrics_file):
+        return
+    with open(metrics_file) as f:
+        lines = f.read().splitlines()
+
+    def after(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", 0) > step
+        except ValueError:  # a row cut short by the kill
+            return True
+
+    later = [line for line in lines if after(line)]
+    if not later:
+        return
+    side = f"{metrics_file}.after-step-{step}.{time.strftime('%Y%m%d-%H%M%S')}"
+    with open(side, "w") as f:
+        f.write("\n".join(later) + "\n")
+    tmp = f"{metrics_file}.tmp"
+    with open(tmp, "w") as f:
+        f.write("".join(line + "\n" for line in lines if not after(line)))
+    os.replace(tmp, metrics_file)
+
+
 class RunLogger:
     """Writes only on the main process; every other process gets a no-op logger."""
 
@@ -92,6 +119,8 @@ class RunLogger:
         # are the config that trains (smoke settings applied).
         with open(paths.config_file, "w") as f:
             f.write(OmegaConf.to_yaml(raw_cfg if raw_cfg is not None else cfg.model_dump(), resolve=True))
+        if start_step > 0:
+            _set_aside_rows_after(paths.metrics_file, start_step)
         self._metrics = open(paths.metrics_file, "a")
         if cfg.wandb.mode != "disabled":
             import wandb

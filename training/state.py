@@ -22,7 +22,8 @@ class TrainState:
     buffers: Any  # H_init / L_init, never trained
     opt_state: Any
     puzzle_emb: jax.Array  # [num_puzzle_identifiers, puzzle_emb_ndim], sign-SGD
-    ema_params: Any  # EMA of params ({} when EMA is off)
+    ema_params: Any  # EMA of params at ema_rate ({} when EMA is off): the primary weights when EMA is on
+    ema_shadows: Any  # rate label (f"{rate:g}") -> EMA of params, one per extra rate of ema_rates ({} without)
     rng: jax.Array  # raw uint32 key: checkpoints store it as plain data
     loss_scale: jax.Array  # float16 dynamic loss scale (1.0 otherwise)
     good_steps: jax.Array  # finite steps since the loss scale last changed
@@ -31,6 +32,19 @@ class TrainState:
         """Weights used for evaluation and exported checkpoints: EMA when enabled (the
         official EMA covers parameters only; buffers and the puzzle table are current)."""
         return {"params": self.ema_params if use_ema else self.params, "buffers": self.buffers}
+
+    def restart_ema(self) -> TrainState:
+        """Every EMA the state keeps, restarted from the current parameters (new weights loaded)."""
+        fresh = lambda: jax.tree.map(jnp.copy, self.params)
+        return self.replace(
+            ema_params=fresh() if self.ema_params else {}, ema_shadows={k: fresh() for k in self.ema_shadows}
+        )
+
+
+def shadow_rates(cfg: PretrainConfig) -> dict[str, float]:
+    """The EMA rates kept besides the primary one, by label (`eval_ema<label>/...` metrics): every
+    rate of `ema_rates` except `ema_rate` itself when EMA is on (that one is `ema_params`)."""
+    return {f"{r:g}": r for r in cfg.ema_rates if not (cfg.ema and r == cfg.ema_rate)}
 
 
 def create_train_state(
@@ -47,6 +61,7 @@ def create_train_state(
         # The official table is zero-initialised.
         puzzle_emb=jnp.zeros((num_puzzle_ids, cfg.arch.puzzle_emb_ndim), jnp.float32),
         ema_params=jax.tree.map(jnp.copy, params) if cfg.ema else {},
+        ema_shadows={label: jax.tree.map(jnp.copy, params) for label in shadow_rates(cfg)},
         rng=state_key,
         loss_scale=jnp.asarray(cfg.loss_scale_init if cfg.arch.forward_dtype == "float16" else 1.0, jnp.float32),
         good_steps=jnp.zeros([], jnp.int32),

@@ -2,8 +2,9 @@
 
 `train_step(state, carry, batch, exploration_prob) -> (state, carry, metrics)`: one ACT step
 on every row of the global batch with deep supervision, the optimizer update of the weights,
-the sign-SGD update of the puzzle-embedding rows present in the batch, EMA, and (float16) the
-dynamic loss scale. Metrics are device scalars (sums); the host divides them.
+the sign-SGD update of the puzzle-embedding rows present in the batch, EMA (the primary one and
+every extra `ema_rates` shadow), and (float16) the dynamic loss scale. Metrics are device
+scalars (sums); the host divides them.
 
 `eval_step(variables, puzzle_emb, batch) -> (metrics, outputs)`: every row through all
 `halt_max_steps` ACT steps inside one program.
@@ -24,11 +25,15 @@ from models.trm import TRMInner
 from training.config import PretrainConfig
 from training.optimizers import make_schedule, sign_sgd_sparse_update
 from training.sharding import Shardings
-from training.state import TrainState
+from training.state import TrainState, shadow_rates
 
 
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _ema(rate: float, ema, params):
+    return jax.tree.map(lambda e, p: rate * e + (1 - rate) * p, ema, params)
 
 
 def _halt_histogram(steps_B, counted_B, n: int) -> jax.Array:
@@ -106,6 +111,7 @@ def make_train_step(
     puzzle_lr_fn = make_schedule(cfg.puzzle_emb_lr, cfg, total_steps)
     run = _loss_and_grads(model, cfg, H_cycles, L_cycles)
     dynamic_scale = arch.forward_dtype == "float16"
+    shadows = shadow_rates(cfg)
 
     def train_step(state: TrainState, carry: Carry, batch: dict[str, jax.Array], exploration_prob):
         rng, explore_rng = jax.random.split(state.rng)
@@ -135,17 +141,15 @@ def make_train_step(
         puzzle_emb = sign_sgd_sparse_update(
             state.puzzle_emb, ids, g_rows, puzzle_lr_fn(state.step), cfg.puzzle_emb_weight_decay
         )
-        ema = (
-            jax.tree.map(lambda e, p: cfg.ema_rate * e + (1 - cfg.ema_rate) * p, state.ema_params, params)
-            if cfg.ema
-            else {}
-        )
+        ema = _ema(cfg.ema_rate, state.ema_params, params) if cfg.ema else {}
+        ema_shadows = {label: _ema(rate, state.ema_shadows[label], params) for label, rate in shadows.items()}
 
         def keep_if_ok(new, old):
             return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
-        params, opt_state, puzzle_emb, ema = keep_if_ok(
-            (params, opt_state, puzzle_emb, ema), (state.params, state.opt_state, state.puzzle_emb, state.ema_params)
+        params, opt_state, puzzle_emb, ema, ema_shadows = keep_if_ok(
+            (params, opt_state, puzzle_emb, ema, ema_shadows),
+            (state.params, state.opt_state, state.puzzle_emb, state.ema_params, state.ema_shadows),
         )
         # A skipped step must not leave non-finite latents behind: those rows restart.
         new_carry = new_carry.replace(halted=new_carry.halted | ~ok)
@@ -172,6 +176,7 @@ def make_train_step(
             opt_state=opt_state,
             puzzle_emb=puzzle_emb,
             ema_params=ema,
+            ema_shadows=ema_shadows,
             rng=rng,
             loss_scale=loss_scale,
             good_steps=good_steps,
