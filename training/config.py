@@ -203,7 +203,9 @@ def _format_errors(err: ValidationError) -> str:
         elif e["type"] == "missing":
             lines.append(f"  {loc}: required key is missing")
         else:
-            lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
+            got = e.get("input")
+            # A check across several keys names them in its message; the whole config is no help.
+            lines.append(f"  {loc}: {e['msg']}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
     return "invalid configuration:\n" + "\n".join(lines)
 
 
