@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.pretrain_runs import (
+    TIMEOUT_SCALE,
     assert_ok,
     eval_row,
     launcher_cmd,
@@ -78,6 +79,14 @@ def gcs_emulator():
     finally:
         server.stop()
         objects.download = download
+
+
+def pytest_collection_modifyitems(items):
+    """Scale every test's pytest-timeout like the waits in pretrain_runs (TRM_TEST_TIMEOUT_SCALE)."""
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        if marker and marker.args:
+            item.add_marker(pytest.mark.timeout(marker.args[0] * TIMEOUT_SCALE), append=False)
 
 
 # End-to-end runs shared by the resume, fault and multi-host tests (helpers in pretrain_runs.py).
