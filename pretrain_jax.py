@@ -269,7 +269,7 @@ def _run_loop(s: RunSetup, signals: StopSignals, clock: CostClock) -> RunResult:
     window = TrainWindow(cfg, s.logger)
     step = s.step = s.start_step
     pending, last_eval = None, {}
-    H, L = recursion_depth(cfg, s.sampler.epochs_done)
+    H_cycles, L_cycles = recursion_depth(cfg, s.sampler.epochs_done)
     meta = s.sampler.dataset.metadata
     dims = ModelDims(meta.vocab_size, meta.seq_len, meta.num_puzzle_identifiers)
     subset = subset_examples(s.test_ds, cfg.eval_subset, seed=cfg.seed) if s.test_ds is not None else None
@@ -292,7 +292,7 @@ def _run_loop(s: RunSetup, signals: StopSignals, clock: CostClock) -> RunResult:
             s.ckpt.wait()
         with clock.section("eval"):
             results = evaluate_all(
-                m.steps.eval(H, L),
+                m.steps.eval(H_cycles, L_cycles),
                 weightings=eval_weightings(state, use_ema=cfg.ema, ema_rates=cfg.ema_rates),
                 examples=None if full else subset,
                 puzzle_emb=state.puzzle_emb,
@@ -301,24 +301,25 @@ def _run_loop(s: RunSetup, signals: StopSignals, clock: CostClock) -> RunResult:
                 sh=sh,
                 evaluators=s.evaluators,
                 save_dir=os.path.join(s.paths.run_dir, f"eval_step_{at_step}"),
+                save_outputs=cfg.eval_save_outputs,
             )
         s.logger.log(at_step, {"epoch": s.sampler.epochs_done, **results})
         return results
 
     while step < s.periodic.end_step:
-        H, L = recursion_depth(cfg, s.sampler.epochs_done)
+        H_cycles, L_cycles = recursion_depth(cfg, s.sampler.epochs_done)
         explore = halt_exploration_prob(cfg, step, m.total_steps)
         with jax.transfer_guard(cfg.transfer_guard):
             batch = global_batch(s.sampler.next_batch(), sh)
             explore_prob = jax.device_put(np.float32(explore), sh.replicated)
-            state, carry, metrics = m.steps.train(H, L)(state, carry, batch, explore_prob)
-        clock.add_steps(1, analytic_flops(cfg.arch, dims, cfg.global_batch_size, H, L)["total"])
+            state, carry, metrics = m.steps.train(H_cycles, L_cycles)(state, carry, batch, explore_prob)
+        clock.add_steps(1, analytic_flops(cfg.arch, dims, cfg.global_batch_size, H_cycles, L_cycles)["total"])
         step = s.step = step + 1
         due = s.periodic.due(step)
         # The host reads a step's metrics one step late, so the device never waits for it.
         if pending is not None:
             window.add(*pending)
-        extra = {"epoch": s.sampler.epochs_done, "train/H_cycles": H, "train/L_cycles": L}
+        extra = {"epoch": s.sampler.epochs_done, "train/H_cycles": H_cycles, "train/L_cycles": L_cycles}
         pending = (step, metrics, dict(extra, **{"train/halt_exploration_prob": explore}), due.log)
         if due.evaluate and s.test_ds is not None:
             window.add(*pending)

@@ -3,7 +3,6 @@
 An evaluator is constructed as `cls(data_path, eval_metadata, **options)` from a config entry
 `evaluators: [{name: arc, ...options}]` and implements:
 
-    required_outputs: frozenset[str]   # from {"inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits"}
     begin_eval() -> None
     update_batch(batch, outputs) -> None     # this process's rows (numpy) of one eval batch
     result(save_dir) -> dict[str, float] | None   # collective; process 0 returns the metrics
@@ -17,8 +16,6 @@ import numpy as np
 
 
 class Evaluator(Protocol):
-    required_outputs: frozenset[str]
-
     def begin_eval(self) -> None: ...
 
     def update_batch(self, batch: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None: ...

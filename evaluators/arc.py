@@ -20,8 +20,6 @@ from dataset.storage import read_text
 
 
 class ArcEvaluator:
-    required_outputs = frozenset({"inputs", "puzzle_identifiers", "preds", "q_halt_logits"})
-
     def __init__(
         self,
         data_path: str,
@@ -107,15 +105,9 @@ def _gather_to_process_0(local: object) -> list | None:
     """All processes' local state on process 0 (None elsewhere); a collective call."""
     import jax
 
-    if jax.process_count() == 1:
-        return [local]
-    from jax.experimental import multihost_utils
+    from training.distributed import allgather_bytes
 
-    payload = np.frombuffer(pickle.dumps(local), np.uint8)
-    sizes = multihost_utils.process_allgather(np.array([payload.size], np.int64)).reshape(-1)
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[: payload.size] = payload
-    everything = multihost_utils.process_allgather(padded)  # equal shapes required, hence the padding
+    gathered = allgather_bytes(pickle.dumps(local))
     if jax.process_index() != 0:
         return None
-    return [pickle.loads(everything[i, : sizes[i]].tobytes()) for i in range(len(sizes))]
+    return [pickle.loads(blob) for blob in gathered]

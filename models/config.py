@@ -58,7 +58,8 @@ class ArchConfig(Strict):
             raise ValueError("rope needs an even head dimension (hidden_size / num_heads)")
         if self.puzzle_emb_len and self.puzzle_emb_ndim > self.puzzle_emb_len * self.hidden_size:
             raise ValueError(
-                f"puzzle_emb_ndim={self.puzzle_emb_ndim} does not fit in puzzle_emb_len={self.puzzle_emb_len} positions "
-                f"of hidden_size={self.hidden_size}: use puzzle_emb_len >= ceil(ndim / hidden_size), or 0 for that"
+                f"puzzle_emb_ndim={self.puzzle_emb_ndim} does not fit in puzzle_emb_len={self.puzzle_emb_len} "
+                f"positions of hidden_size={self.hidden_size}: use puzzle_emb_len >= ceil(ndim / hidden_size), "
+                "or 0 for that"
             )
         return self

@@ -25,20 +25,16 @@ def log_stablemax(x: jax.Array, axis: int = -1) -> jax.Array:
     return jnp.log(s / jnp.sum(s, axis=axis, keepdims=True))
 
 
-def stablemax_cross_entropy(
-    logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_LABEL_ID, valid_mask=None
-) -> jax.Array:
+def stablemax_cross_entropy(logits: jax.Array, labels: jax.Array, valid_mask=None) -> jax.Array:
     """Per-token -log stablemax prob of the label, 0 where ignored (float32)."""
-    valid = labels != ignore_index if valid_mask is None else valid_mask
+    valid = labels != IGNORE_LABEL_ID if valid_mask is None else valid_mask
     logp = log_stablemax(logits.astype(jnp.float32))
     picked = jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
     return -jnp.where(valid, picked, 0.0)
 
 
-def softmax_cross_entropy(
-    logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_LABEL_ID, valid_mask=None
-) -> jax.Array:
-    valid = labels != ignore_index if valid_mask is None else valid_mask
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, valid_mask=None) -> jax.Array:
+    valid = labels != IGNORE_LABEL_ID if valid_mask is None else valid_mask
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(valid, labels, 0))
     return jnp.where(valid, ce, 0.0)
 

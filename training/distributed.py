@@ -65,7 +65,11 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): d}
 
 
-def _allgather_bytes(payload: bytes) -> list[bytes]:
+def allgather_bytes(payload: bytes) -> list[bytes]:
+    """Every process's `payload` (any length), in process order; a collective call.
+    process_allgather needs equal shapes, hence the padding to the longest."""
+    if jax.process_count() == 1:
+        return [payload]
     lengths = multihost_utils.process_allgather(np.array([len(payload)], np.int64)).reshape(-1)
     buf = np.zeros(int(lengths.max()), np.uint8)
     buf[: len(payload)] = np.frombuffer(payload, np.uint8)
@@ -82,7 +86,7 @@ def assert_consistent(what: str, data: dict[str, Any]) -> None:
     digests = multihost_utils.process_allgather(digest)
     if (digests == digests[0]).all():
         return
-    views = [_flatten(json.loads(b)) for b in _allgather_bytes(blob)]
+    views = [_flatten(json.loads(b)) for b in allgather_bytes(blob)]
     differing = sorted(k for k in set().union(*views) if len({json.dumps(v.get(k), default=str) for v in views}) > 1)
     raise ConfigError(
         f"processes disagree on the {what}: differing keys {differing}. Every process must run the same "

@@ -38,7 +38,9 @@ class Periodic:
             and not final
             and self.end_step - step >= self.steps_per_eval
         )
-        return Due(log=final or step % self.log_every_steps == 0, evaluate=evaluate, interval_end=interval_end, final=final)
+        return Due(
+            log=final or step % self.log_every_steps == 0, evaluate=evaluate, interval_end=interval_end, final=final
+        )
 
 
 def steps_per_eval(*, total_steps: int, epochs: int, eval_interval: int) -> int:

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA, MODEL = "data", "model"
 
@@ -21,8 +20,8 @@ DATA, MODEL = "data", "model"
 class Shardings:
     mesh: Mesh
     replicated: NamedSharding
-    rows: NamedSharding  # leading (batch) axis over `data`
-    micro_rows: NamedSharding  # [grad_accum, rows, ...]: second axis over `data`
+    batch: NamedSharding  # leading (batch) axis over `data`
+    micro_batch: NamedSharding  # [grad_accum, rows, ...]: second axis over `data`
 
     @property
     def data_size(self) -> int:
@@ -34,12 +33,17 @@ def make_shardings(model_axis: int = 1, devices=None) -> Shardings:
     if devices.size % model_axis:
         raise ValueError(f"{devices.size} devices cannot form a mesh with model axis {model_axis}")
     mesh = Mesh(devices.reshape(-1, model_axis), (DATA, MODEL))
-    return Shardings(mesh, NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA)), NamedSharding(mesh, P(None, DATA)))
+    return Shardings(
+        mesh=mesh,
+        replicated=NamedSharding(mesh, PartitionSpec()),
+        batch=NamedSharding(mesh, PartitionSpec(DATA)),
+        micro_batch=NamedSharding(mesh, PartitionSpec(None, DATA)),
+    )
 
 
 def global_batch(local_rows: dict[str, np.ndarray], sh: Shardings) -> dict[str, jax.Array]:
     """Assemble each process's rows into global arrays split over `data`."""
-    return {k: jax.make_array_from_process_local_data(sh.rows, v) for k, v in local_rows.items()}
+    return {k: jax.make_array_from_process_local_data(sh.batch, v) for k, v in local_rows.items()}
 
 
 def local_rows(x: jax.Array) -> np.ndarray:

@@ -74,5 +74,5 @@ def init_state_and_carry(
     """The initial state (replicated) and ACT carry (rows over `data`), created on the devices
     in their final layout: nothing of full size is built on one host first."""
     state = jax.jit(lambda: create_train_state(cfg, model, tx, num_puzzle_ids), out_shardings=sh.replicated)()
-    carry = jax.jit(lambda: initial_carry(model, cfg.global_batch_size), out_shardings=sh.rows)()
+    carry = jax.jit(lambda: initial_carry(model, cfg.global_batch_size), out_shardings=sh.batch)()
     return state, carry

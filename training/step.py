@@ -80,10 +80,10 @@ def _accumulate(run, *, params, rows, buffers, carry, min_halt, scale, accum: in
 
     def split(x):
         x = x.reshape(B // accum, accum, *x.shape[1:]).swapaxes(0, 1)
-        return jax.lax.with_sharding_constraint(x, sh.micro_rows)
+        return jax.lax.with_sharding_constraint(x, sh.micro_batch)
 
     def merge(x):
-        return jax.lax.with_sharding_constraint(x.swapaxes(0, 1).reshape(B, *x.shape[2:]), sh.rows)
+        return jax.lax.with_sharding_constraint(x.swapaxes(0, 1).reshape(B, *x.shape[2:]), sh.batch)
 
     def body(g_sum, xs):
         g, g_rows, new_carry, metrics = run(params, *xs[:1], buffers, *xs[1:], scale)
@@ -199,7 +199,7 @@ def make_eval_step(*, cfg: PretrainConfig, model: TRMInner, sh: Shardings, H_cyc
 
     def eval_step(variables: dict[str, Any], puzzle_emb: jax.Array, batch: dict[str, jax.Array]):
         B = batch["inputs"].shape[0]
-        carry = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sh.rows), initial_carry(model, B))
+        carry = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sh.batch), initial_carry(model, B))
 
         def body(c, _):
             carry, first_halt_B, adaptive, _ = c
@@ -243,7 +243,7 @@ def make_eval_step(*, cfg: PretrainConfig, model: TRMInner, sh: Shardings, H_cyc
         metrics["halt_step_hist"] = _halt_histogram(first_halt_B, counted, n)
         return metrics, {"preds": preds, "q_halt_logits": q_halt, "halt_step": first_halt_B}
 
-    return jax.jit(eval_step, out_shardings=(sh.replicated, sh.rows))
+    return jax.jit(eval_step, out_shardings=(sh.replicated, sh.batch))
 
 
 class CompiledSteps:
