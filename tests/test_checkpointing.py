@@ -48,7 +48,7 @@ def _array_files(step_dir: Path) -> list[Path]:
     [
         ("global_batch_size=8", "global_batch_size"),
         ("arch.hidden_size=64", "arch.hidden_size"),
-        ("ema=true", "ema"),
+        ("ema=false", "ema"),
         ("optimizer=adamw", "optimizer"),
         ("freeze_weights=true", "freeze_weights"),
         ("arch.forward_dtype=bfloat16", "arch.forward_dtype"),

@@ -31,7 +31,8 @@ def _rows(run_dir):
 @pytest.mark.timeout(900)
 def test_quickstart_learns_and_writes_outputs(tmp_path, data):
     run = tmp_path / "run"
-    result = train(_cfg(run, data, "epochs=20", "eval_interval=10", "log_every_steps=20"))
+    # Raw weights: an EMA of 0.999 over these 312 steps would still mostly be the initial model.
+    result = train(_cfg(run, data, "epochs=20", "eval_interval=10", "log_every_steps=20", "ema=false"))
     assert result.status == "completed" and result.exit_code == 0
     rows = _rows(run)
     train_rows = [r for r in rows if "train/lm_loss" in r]
