@@ -64,7 +64,7 @@ RESUMABLE_KEYS = frozenset(
         "checkpoint_every_steps", "max_to_keep", "load_checkpoint", "log_every_steps", "resume", "data_paths_test",
         "evaluators", "data_generator", "curriculum", "halt_exploration_schedule", "wandb", "distributed",
         "arch.halt_exploration_prob", "arch.halt_max_steps", "arch.H_cycles", "arch.L_cycles", "arch.unroll_cycles",
-        "arch.attention_impl", "arch.H_layers",
+        "arch.attention_impl", "arch.H_layers", "eval_save_outputs",
     }
 )  # fmt: skip
 
@@ -289,7 +289,8 @@ def _saved_weights(path: str, state) -> tuple[Any, Any, np.ndarray]:
     directory or one of its step directories), checked against `state`'s shapes."""
     p = epath.Path(path)
     root, step = (p.parent, int(p.name)) if p.name.isdigit() else (p, None)
-    with ocp.CheckpointManager(root, item_names=("state", "meta")) as manager:
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(root, item_handlers=handlers) as manager:
         step = manager.latest_step() if step is None else step
         if step is None or step not in manager.all_steps():
             raise CheckpointError(f"load_checkpoint={path}: no checkpoint step found there")
