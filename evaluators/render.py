@@ -211,8 +211,10 @@ def _check_inputs(kind: str, arrays: dict[str, np.ndarray], captions) -> int:
     return len(arrays["inputs"])
 
 
-def _caption(index: int, wrong: np.ndarray, extra: str | None, shape_note: str) -> str:
+def _caption(index: int, wrong: np.ndarray, extra: str | None, shape_note: str, *, has_target: bool) -> str:
     verdict = "correct" if not wrong.any() else f"{int(wrong.sum())} wrong cell{'s' * (int(wrong.sum()) != 1)}"
+    # Without any known target cell nothing can be called correct.
+    verdict = verdict if has_target else "no target"
     return "  ".join(part for part in (f"#{index}", extra, verdict + shape_note) if part)
 
 
@@ -238,7 +240,8 @@ def render_sheet(
     for i in range(n):
         panels = _PANELS[kind](arrays["inputs"][i], arrays["preds"][i], arrays["labels"][i])
         top = HEADER_PX + i * (CAPTION_PX + PANEL_PX)
-        text = _caption(i, panels[1].wrong, captions[i] if captions is not None else None, panels[1].note)
+        extra = captions[i] if captions is not None else None
+        text = _caption(i, panels[1].wrong, extra, panels[1].note, has_target=bool((arrays["labels"][i] >= 0).any()))
         fig.text(8 / width, 1 - (top + CAPTION_PX / 2) / height, text, ha="left", va="center", fontsize=9)
         for col, panel in enumerate(panels):
             box = PANEL_PX - 2 * MARGIN_PX

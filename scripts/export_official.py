@@ -28,9 +28,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from omegaconf import OmegaConf
+from pydantic import ValidationError
 
 from models.config import ArchConfig
 from models.torch_import import BUFFERS, COMPILED_PREFIX, OFFICIAL_PREFIX, export_state_dict
+from models.trm import ModelDims
 
 
 class ExportError(ValueError):
@@ -46,6 +48,13 @@ class TrainedWeights:
     step: int
     checkpoint_dir: str
     ema: bool  # whether `variables["params"]` are the EMA weights
+    seq_len: int  # tokens per puzzle, read from the saved ACT carry (no dataset needed)
+
+    @property
+    def dims(self) -> ModelDims:
+        """The dataset-given sizes the weights were trained for."""
+        vocab_size = self.variables["params"]["embed_tokens"]["embedding"].shape[0]
+        return ModelDims(vocab_size, self.seq_len, self.puzzle_emb.shape[0])
 
 
 def _is_local(path: str) -> bool:
@@ -56,7 +65,9 @@ def _manager(directory: str) -> ocp.CheckpointManager:
     """Read-only: never creates the directory or touches what is in it."""
     options = ocp.CheckpointManagerOptions(create=False, read_only=True)
     handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    # Orbax reads only absolute paths; messages keep the path as the user gave it.
+    path = os.path.abspath(directory) if _is_local(directory) else directory
+    return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
 
 
 def _steps(directory: str) -> list[int]:
@@ -113,7 +124,8 @@ def load_trained_weights(source: str, *, step: int | None = None, raw: bool = Fa
         with _manager(directory) as manager:
             meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             ema = bool(meta["config"].get("ema")) and not raw
-            saved = manager.item_metadata(step)["state"]["state"]
+            saved_tree = manager.item_metadata(step)["state"]
+            saved, seq_len = saved_tree["state"], saved_tree["carry"]["inputs"].shape[-1]
             wanted = {k: saved[k] for k in ("ema_params" if ema else "params", "buffers", "puzzle_emb")}
             target = {"state": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), wanted)}
             restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
@@ -126,14 +138,23 @@ def load_trained_weights(source: str, *, step: int | None = None, raw: bool = Fa
     except (OSError, KeyError, ValueError) as e:
         raise ExportError(f"cannot read checkpoint step {step} in {directory}: {e}") from e
     item = jax.tree.map(np.asarray, item)
+    try:
+        arch = ArchConfig.model_validate(meta["config"]["arch"])
+    except ValidationError as e:
+        problem = e.errors()[0]
+        raise ExportError(
+            f"checkpoint step {step} in {directory} describes an architecture this version cannot build "
+            f"(arch.{'.'.join(map(str, problem['loc']))}: {problem['msg']})"
+        ) from None
     return TrainedWeights(
-        arch=ArchConfig.model_validate(meta["config"]["arch"]),
+        arch=arch,
         config=meta["config"],
         variables={"params": item["ema_params" if ema else "params"], "buffers": item["buffers"]},
         puzzle_emb=item["puzzle_emb"],
         step=step,
         checkpoint_dir=directory,
         ema=ema,
+        seq_len=seq_len,
     )
 
 

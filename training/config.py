@@ -69,6 +69,8 @@ class SmokeConfig(Strict):
 
 # Evaluator plugins by name (evaluators/__init__.py builds them).
 EVALUATORS = ("arc",)
+# Arrays an evaluation can save per row (training/eval_outputs.py).
+EvalOutput = Literal["inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits", "halt_step"]
 
 
 class EvaluatorConfig(BaseModel):
@@ -125,6 +127,7 @@ class PretrainConfig(Strict):
     load_checkpoint: str | None
     log_every_steps: PosInt
     eval_subset: PosInt | None
+    eval_save_outputs: list[EvalOutput]
     peak_tflops: PosFloat | None
     wandb: WandbConfig
     # Parallelism
