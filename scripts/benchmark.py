@@ -299,6 +299,7 @@ def time_programs(p: Programs, sizes: Sizes) -> dict[str, Any]:
         "ms_p10": float(np.percentile(train_ms, 10)),
         "ms_p90": float(np.percentile(train_ms, 90)),
         "eval_ms": float(np.median(eval_ms)),
+        "eval_rows": int(p.eval_batch["inputs"].shape[0]),
     }
 
 
@@ -310,7 +311,6 @@ def measure_preset(
     r = {"preset": name, "config": PRESETS[name].config, **describe(cfg, dims), **analyse(p), **time_programs(p, sizes)}
     a, B = cfg.arch, cfg.global_batch_size
     flops = analytic_flops(a, dims, B, a.H_cycles, a.L_cycles)
-    eval_rows = B // cfg.grad_accum_steps
     step_s, eval_s = r["ms_per_step"] / 1e3, r["eval_ms"] / 1e3
     peak = peak_memory_bytes()
     r.update(
@@ -325,9 +325,8 @@ def measure_preset(
         peak_tflops=peak_tflops,
         floor_ms=flops["total"] / (peak_tflops * 1e12) * 1e3,
         mfu=flops["total"] / step_s / (peak_tflops * 1e12),
-        eval_rows=eval_rows,
-        eval_flops=eval_flops(a, dims, eval_rows, a.H_cycles, a.L_cycles),
-        eval_puzzles_per_s=eval_rows / eval_s,
+        eval_flops=eval_flops(a, dims, r["eval_rows"], a.H_cycles, a.L_cycles),
+        eval_puzzles_per_s=r["eval_rows"] / eval_s,
         # The device counter is the process's high-water mark: it is this preset's own peak only
         # where this preset raised it.
         peak_memory_bytes=peak,
