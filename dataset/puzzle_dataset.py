@@ -327,16 +327,37 @@ def _position_in(dataset: PuzzleDataset, state: Mapping[str, int]) -> dict[str, 
     return position
 
 
+# Keeps the subset's random stream apart from the training sampler's ([seed, epoch]).
+_EVAL_SUBSET_STREAM = 0x5EB5E7
+
+
+def eval_subset(dataset: PuzzleDataset, size: int, *, seed: int) -> np.ndarray:
+    """`size` example ids of `dataset` drawn without replacement (every id when it has no more),
+    sorted: a function of the seed and the dataset alone, so every process and every resumed run
+    evaluates the same examples."""
+    n = dataset.num_examples
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, _EVAL_SUBSET_STREAM]).choice(n, size, replace=False))
+
+
 def eval_batches(
-    dataset: PuzzleDataset, global_batch_size: int, *, process_index: int, process_count: int
+    dataset: PuzzleDataset,
+    global_batch_size: int,
+    *,
+    process_index: int,
+    process_count: int,
+    examples: np.ndarray | None = None,
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """Every example once, set by set, in order; the last batch of a set is padded to full size."""
+    """Every example once (or every one of `examples`, sorted global ids), set by set, in order;
+    the last batch of a set is padded to full size."""
     local = global_batch_size // process_count
     meta = dataset.metadata
     for name, first, end in dataset.sets:
-        for batch_start in range(first, end, global_batch_size):
-            lo = min(batch_start + process_index * local, end)
-            rows = np.arange(lo, min(lo + local, end))
+        ids = np.arange(first, end) if examples is None else examples[(examples >= first) & (examples < end)]
+        for batch_start in range(0, len(ids), global_batch_size):
+            lo = batch_start + process_index * local
+            rows = ids[lo : lo + local]
             batch = dataset.read_rows(rows, dataset.puzzles_of(rows))
             pad = local - len(rows)
             if pad:

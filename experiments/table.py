@@ -27,9 +27,8 @@ FULL_SOURCE = "data/sudoku-extreme-full"
 # Intermediate evaluations of the study run on this many test puzzles, the final one on the whole
 # test set; docs/scaling_study.md ("Evaluation cost") gives the standard-error arithmetic.
 EVAL_SUBSET = 24_576
-# training/config.py does not have `eval_subset` yet: until it does, only the planner uses the
-# value. Set True once it does, then run generate_configs.py to put it into the study's configs.
-CONFIGS_HAVE_EVAL_SUBSET = False
+# training/config.py has `eval_subset`: the study's configs carry the value (generate_configs.py).
+CONFIGS_HAVE_EVAL_SUBSET = True
 
 
 # Every setting the study fixes, spelled out even where it equals the cfg_pretrain default, so
