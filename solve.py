@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import fsspec
 import jax
 import numpy as np
+from jax.tree_util import keystr, tree_leaves_with_path
 
 from dataset.arc_grids import CANVAS, PAD, SEPARATOR, augment, grid_to_np, to_sequences
 from dataset.csv_io import HEADER, read_puzzle_csv
@@ -162,8 +163,9 @@ def load_solver(source: str, *, step: int | None, raw: bool, batch_size: int) ->
 
 def _check_architecture(weights: TrainedWeights, expected: dict) -> None:
     """The saved weights must be exactly those of the architecture saved with them."""
-    saved = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(weights.variables)}
-    wanted = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(expected)}
+    saved, wanted = (
+        {_name(p): np.shape(x) for p, x in tree_leaves_with_path(t)} for t in (weights.variables, expected)
+    )
     if saved == wanted:
         return
     problems = [f"{k} missing" for k in wanted.keys() - saved.keys()]
@@ -178,6 +180,10 @@ def _check_architecture(weights: TrainedWeights, expected: dict) -> None:
         f"pos_encodings={arch.pos_encodings}): {'; '.join(sorted(problems)[:3])}; solve it with the code that "
         "trained it"
     )
+
+
+def _name(path) -> str:
+    return keystr(path, simple=True, separator="/")
 
 
 def _eval_config(arch: ArchConfig):
@@ -198,11 +204,8 @@ def parse_grid(text: str, solver: Solver, where: str, *, answer: bool = False) -
         )
     if solver.kind == "sudoku":
         digits = "".join(str(d) for d in range(1, min(solver.side, 9) + 1))
-        table = {".": SUDOKU_BLANK, "0": SUDOKU_BLANK} | {d: int(d) + 1 for d in digits}
-        allowed = f"a digit 1-{digits[-1]} or a blank ('.' or '0')"
-        if answer:
-            table.pop("."), table.pop("0")
-            allowed = f"a digit 1-{digits[-1]} (an answer has no blanks)"
+        table = {d: int(d) + 1 for d in digits} | ({} if answer else {".": SUDOKU_BLANK, "0": SUDOKU_BLANK})
+        allowed = f"a digit 1-{digits[-1]}" + (" (an answer has no blanks)" if answer else " or a blank ('.' or '0')")
     else:
         table = {ch: i + 1 for i, ch in enumerate(MAZE_SYMBOLS)}
         allowed = f"one of {MAZE_SYMBOLS!r} (wall, open, start, goal, path)"
@@ -355,7 +358,7 @@ def solve_grids(solver: Solver, puzzles: Sequence[Puzzle]) -> list[dict]:
                 "solution": flat_text(out["preds"][i], solver.kind),
                 "halt_step": int(out["halt_step"][i]),
                 "halted_by_q": bool(out["halt_step"][i] < solver.halt_max_steps or q > 0),
-                "confidence": _sigmoid(q),
+                "confidence": float(confidence(q)),
                 "valid": problems[i] is None,
                 "problem": problems[i],
                 "correct": None if p.labels is None else bool(np.array_equal(out["preds"][i], p.labels)),
@@ -365,8 +368,9 @@ def solve_grids(solver: Solver, puzzles: Sequence[Puzzle]) -> list[dict]:
     return records
 
 
-def _sigmoid(x: float) -> float:
-    return float(1 / (1 + np.exp(-np.float64(x))))
+def confidence(q_halt_logits):
+    """sigmoid(q_halt): the Q head's probability that the answer is right."""
+    return 1 / (1 + np.exp(-np.asarray(q_halt_logits, np.float64)))
 
 
 # ARC
@@ -375,7 +379,6 @@ def _sigmoid(x: float) -> float:
 @dataclass(frozen=True)
 class ArcTask:
     name: str
-    spec: dict  # {"test": [{"input": grid, "output": grid or absent}]} as in the JSON
     inputs: list[np.ndarray]  # test input grids
     outputs: list[np.ndarray | None]  # known test output grids
 
@@ -398,6 +401,8 @@ def read_arc_tasks(path: str, only: Sequence[str]) -> list[ArcTask]:
         if not isinstance(test, list) or not test or not all(isinstance(pair, dict) for pair in test):
             raise SolveError(f'{path} task {name}: expected an object with a non-empty "test" list of pairs')
         known = solutions.get(name, [])
+        if not isinstance(known, list):
+            raise SolveError(f"{sibling} task {name}: expected a list of test output grids")
         inputs, outputs = [], []
         for i, pair in enumerate(test):
             where = f"{path} task {name} test {i}"
@@ -407,7 +412,7 @@ def read_arc_tasks(path: str, only: Sequence[str]) -> list[ArcTask]:
                 outputs.append(None if answer is None else grid_to_np(answer, f"{where} output"))
             except DatasetError as e:
                 raise SolveError(str(e)) from None
-        out.append(ArcTask(name, {"test": test}, inputs, outputs))
+        out.append(ArcTask(name, inputs, outputs))
     return out
 
 
@@ -432,8 +437,10 @@ def model_identifiers(solver: Solver, data: Sequence[str] | None) -> tuple[list[
     paths = list(data or solver.weights.config.get("data_paths", []))
     names = []
     for path in paths:
-        text = _read(f"{path.rstrip('/')}/identifiers.json")
-        names += json.loads(text)
+        try:
+            names += json.loads(_read(f"{path.rstrip('/')}/identifiers.json"))
+        except SolveError as e:
+            raise SolveError(f"{e}; pass --data with the dataset directories the run trained on") from None
     if len(names) != len(solver.weights.puzzle_emb):
         raise SolveError(
             f"the datasets {paths} name {len(names)} puzzles, but the model has {len(solver.weights.puzzle_emb)} "
@@ -492,10 +499,13 @@ def solve_arc(solver: Solver, tasks: Sequence[ArcTask], data: Sequence[str] | No
         with open(os.path.join(tmp, "identifiers.json"), "w") as f:
             json.dump(names, f)
         with open(os.path.join(tmp, "test_puzzles.json"), "w") as f:
-            placeholder = [[0]]  # scores of unknown answers are not reported
+            # An unknown answer gets a placeholder; scores are reported only when every answer is known.
             tests = {
                 t.name: {
-                    "test": [{"input": p["input"], "output": p.get("output", placeholder)} for p in t.spec["test"]]
+                    "test": [
+                        {"input": i.tolist(), "output": [[0]] if o is None else o.tolist()}
+                        for i, o in zip(t.inputs, t.outputs, strict=True)
+                    ]
                 }
                 for t in tasks
             }
@@ -519,7 +529,7 @@ def solve_arc(solver: Solver, tasks: Sequence[ArcTask], data: Sequence[str] | No
                     "attempts": [g.tolist() for g in attempts],
                     "augmentations": int(mine.sum()),
                     "mean_halt_step": float(out["halt_step"][mine].mean()),
-                    "mean_confidence": float(np.mean(1 / (1 + np.exp(-out["q_halt_logits"][mine].astype(np.float64))))),
+                    "mean_confidence": float(confidence(out["q_halt_logits"][mine]).mean()),
                     "correct": None if answer is None else any(np.array_equal(g, answer) for g in attempts),
                     "grids": {"input": inp, "attempt": attempts[0], "answer": answer},
                 }

@@ -41,8 +41,11 @@ def _train(run_dir: Path, data: str, *overrides: str) -> Path:
 
 @pytest.fixture(scope="module")
 def sudoku_run(tmp_path_factory, data) -> Path:
-    """Two steps on 4x4 Sudoku with EMA, a checkpoint after each."""
-    return _train(tmp_path_factory.mktemp("solve") / "run", data, "max_steps=2", "checkpoint_every_steps=1", "ema=true")
+    """Two steps on 4x4 Sudoku with EMA, a checkpoint after each; the final evaluation's outputs saved."""
+    saved = "eval_save_outputs=[preds,q_halt_logits,halt_step]"
+    return _train(
+        tmp_path_factory.mktemp("solve") / "run", data, "max_steps=2", "checkpoint_every_steps=1", "ema=true", saved
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +102,17 @@ def test_a_puzzle_on_the_command_line_prints_its_grid_and_validity(capsys, sudok
     expected = [f"{s[r * 4]} {s[r * 4 + 1]} | {s[r * 4 + 2]} {s[r * 4 + 3]}" for r in range(4)]
     printed = [line.split("    ")[-1].strip() for line in lines[3:8] if "-+-" not in line]
     assert printed == expected
+
+
+def test_answers_are_those_of_the_runs_own_evaluation(capsys, tmp_path, sudoku_run, data):
+    # The final evaluation ran the EMA weights of step 2 in batches of 8, as solve.py does here.
+    saved = np.load(sudoku_run / "eval_step_2" / "outputs_process0.npz")
+    path = tmp_path / "puzzles.txt"
+    path.write_text("\n".join(_text(q) for q in np.load(f"{data}/test/all__inputs.npy")[:20]))
+    records = _json(capsys, sudoku_run, "--file", path, "--batch-size", 8)["puzzles"]
+    assert [r["solution"] for r in records] == [solve.flat_text(p, "sudoku") for p in saved["preds"][:20]]
+    assert [r["halt_step"] for r in records] == saved["halt_step"][:20].tolist()
+    np.testing.assert_allclose([r["confidence"] for r in records], solve.confidence(saved["q_halt_logits"][:20]))
 
 
 def test_sudoku_validity_is_checked_against_the_clues(test_puzzles):
