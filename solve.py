@@ -1,6 +1,6 @@
 """Solve puzzles with a trained TRM: Sudoku, mazes and ARC tasks, straight from a run's checkpoint.
 
-    python solve.py runs/quickstart/sudoku4 --puzzle 1..4..1.4.2....3
+    python solve.py runs/quickstart/sudoku4 --puzzle 214334..1.34..1.
     python solve.py RUN --file data/sudoku-extreme-full/test.csv --json > answers.json
     python solve.py RUN --file mazes.csv --png mazes.png
     python solve.py RUN --file arc-agi_evaluation_challenges.json --task 00576224

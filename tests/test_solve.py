@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import fsspec
 import matplotlib.image
 import numpy as np
 import pytest
@@ -183,6 +184,20 @@ def test_step_and_raw_weights(capsys, monkeypatch, sudoku_run, test_puzzles):
     assert _json(capsys, sudoku_run / "checkpoints" / "1", "--puzzle", test_puzzles[0][0])["step"] == 1
     monkeypatch.chdir(sudoku_run.parent)
     assert _json(capsys, sudoku_run.name, "--puzzle", test_puzzles[0][0])["step"] == 2
+
+
+def test_checkpoints_and_puzzle_files_on_gcs(capsys, gcs_emulator, tmp_path, data, test_puzzles):
+    root = f"gs://{gcs_emulator['bucket']}/solve"
+    run = _train(
+        tmp_path / "run", data, "max_steps=1", f"checkpoint_root={root}", "experiment_group=g", "experiment_name=n"
+    )
+    capsys.readouterr()  # what training printed
+    fsspec.filesystem("gs").pipe(f"{root}/puzzles.txt", "\n".join(test_puzzles[0][:3]).encode())
+    # The run directory finds its checkpoints through its config; the checkpoint directory is one itself.
+    for source in (run, f"{root}/g/n"):
+        report = _json(capsys, source, "--file", f"{root}/puzzles.txt")
+        assert (report["checkpoint_dir"], report["step"]) == (f"{root}/g/n", 1)
+        assert [r["input"] for r in report["puzzles"]] == test_puzzles[0][:3]
 
 
 def test_png_draws_every_puzzle_and_never_replaces_a_file(capsys, tmp_path, sudoku_run, test_puzzles):
