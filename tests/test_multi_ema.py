@@ -35,7 +35,7 @@ MULTI = ["ema_rates=[0.9,0.99]"]
 
 @pytest.mark.timeout(300)
 def test_each_shadow_equals_a_single_ema_run_bit_for_bit():
-    losses, multi = run_steps(None, MULTI, n=3)
+    losses, multi = run_steps(None, ["ema=false", *MULTI], n=3)
     assert multi.ema_params == {} and sorted(multi.ema_shadows) == ["0.9", "0.99"]
     for rate in RATES:
         single_losses, single = run_steps(None, ["ema=true", f"ema_rate={rate}"], n=3)

@@ -107,7 +107,7 @@ def summary(totals: Mapping[str, float], *, global_batch_size: int, peak_tflops:
     return {
         "device_kind": devices[0].device_kind,
         "num_devices": len(devices),
-        **{k: round(totals[k], 3) for k in ("setup_s", "compile_s", "train_s", "eval_s", "checkpoint_s")},
+        **{k: totals[k] for k in ("setup_s", "compile_s", "train_s", "eval_s", "checkpoint_s")},
         "device_hours": totals["device_s"] / 3600,
         "steps": int(totals["steps"]),
         "train_flops": totals["flops"],
