@@ -51,10 +51,12 @@ class CastedLinear(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         init = self.kernel_init or trunc_normal(1.0 / math.sqrt(x.shape[-1]))
         kernel = self.param("kernel", init, (x.shape[-1], self.features))
-        y = jnp.dot(x, kernel.astype(x.dtype))
-        if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,)).astype(x.dtype)
-        return y
+        if not self.use_bias:
+            return jnp.dot(x, kernel.astype(x.dtype))
+        # As F.linear: the (compute-dtype) bias is added to the float32 accumulator, one rounding.
+        bias = self.param("bias", self.bias_init, (self.features,)).astype(x.dtype)
+        y = jnp.dot(x, kernel.astype(x.dtype), preferred_element_type=jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(x.dtype)
 
 
 class CastedEmbedding(nn.Module):
@@ -79,7 +81,10 @@ class SwiGLU(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         inter = swiglu_width(x.shape[-1], self.expansion)
         gate, up = jnp.split(CastedLinear(2 * inter, name="gate_up_proj")(x), 2, axis=-1)
-        return CastedLinear(x.shape[-1], name="down_proj")(jax.nn.silu(gate) * up)
+        # SiLU in float32, rounded once, as F.silu on a 16-bit tensor (XLA would round every step
+        # of x * sigmoid(x) in the 16-bit dtype). A no-op cast in float32.
+        act = jax.nn.silu(gate.astype(jnp.float32)).astype(gate.dtype)
+        return CastedLinear(x.shape[-1], name="down_proj")(act * up)
 
 
 def rope_tables(head_dim: int, length: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -101,8 +106,24 @@ def apply_rope(x_BxSxHxK: jax.Array, cos_SxK: jax.Array, sin_SxK: jax.Array) -> 
     return out.astype(x_BxSxHxK.dtype)
 
 
+def flash_rounded_attention(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(K)) v, rounded as the official code's attention on 16-bit inputs (the
+    CPU flash kernel of F.scaled_dot_product_attention): scores, max and row sum in float32, the
+    *unnormalised* exp(s - max) rounded to the input dtype for P.V (float32 accumulation), then
+    times the reciprocal of the float32 row sum, one rounding. jax.nn.dot_product_attention
+    instead rounds the normalised probabilities."""
+    dtype = q_BxSxHxK.dtype
+    scale = 1.0 / math.sqrt(q_BxSxHxK.shape[-1])
+    s = jnp.einsum("bqhk,bshk->bhqs", q_BxSxHxK, k_BxSxHxK, preferred_element_type=jnp.float32) * scale
+    e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))  # the shift has no gradient
+    inv_sum_BxQxH = jnp.swapaxes(1.0 / jnp.sum(e, axis=-1), 1, 2)
+    out = jnp.einsum("bhqs,bshk->bqhk", e.astype(dtype), v_BxSxHxK, preferred_element_type=jnp.float32)
+    return (out * inv_sum_BxQxH[..., None]).astype(dtype)
+
+
 class Attention(nn.Module):
-    """Full (non-causal, unmasked) multi-head attention through jax.nn.dot_product_attention."""
+    """Full (non-causal, unmasked) multi-head attention: jax.nn.dot_product_attention in float32
+    and for cuDNN; `flash_rounded_attention` for 16-bit dtypes on XLA (the official rounding)."""
 
     num_heads: int
     implementation: str | None  # None: XLA; "cudnn": fused flash attention on NVIDIA GPUs
@@ -116,7 +137,10 @@ class Attention(nn.Module):
         q, k, v = jnp.split(qkv, 3, axis=2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+        if self.implementation is None and q.dtype != jnp.float32:
+            out = flash_rounded_attention(q, k, v)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
         return CastedLinear(D, name="o_proj")(out.reshape(B, S, D))
 
 

@@ -127,9 +127,12 @@ class TRMInner(nn.Module):
             rows = puzzle_rows_BxE.astype(self.dtype)
             rows = jnp.pad(rows, ((0, 0), (0, P * D - rows.shape[-1])))
             emb = jnp.concatenate([rows.reshape(-1, P, D), emb], axis=1)
+        # Python-float scales multiply in float32 and round once each, as in the official code (a
+        # 16-bit constant would be 22.625 for sqrt(512), 0.70703 for the position scale).
         if self.arch.pos_encodings == "learned":
-            emb = _LEARNED_POS_SCALE * (emb + self.embed_pos.embedding.astype(self.dtype))
-        return (math.sqrt(D) * emb).astype(self.dtype)
+            emb = emb + self.embed_pos.embedding.astype(self.dtype)
+            emb = (_LEARNED_POS_SCALE * emb.astype(jnp.float32)).astype(self.dtype)
+        return (math.sqrt(D) * emb.astype(jnp.float32)).astype(self.dtype)
 
     def reason(self, z_BxSxD, injection_BxSxD):
         return self.L_level(z_BxSxD, injection_BxSxD, self.rope())

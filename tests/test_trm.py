@@ -1,11 +1,13 @@
 import math
 
 import jax
+import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 
 from models.torch_import import import_state_dict
-from models.trm import ModelDims, build_model, init_variables, num_parameters, puzzle_prefix_len
+from models.trm import ModelDims, TRMInner, build_model, init_variables, num_parameters, puzzle_prefix_len
 from training.config import compose, validate
 
 FIXTURE = "../shared/fixtures/trm_reference/mlp_t.npz"
@@ -83,3 +85,53 @@ def test_import_rejects_missing_and_mismatched_entries():
     extra = dict(sd, **{"model.inner.L_level.layers.0.self_attn.qkv_proj.weight": np.zeros((192, 64), np.float32)})
     with pytest.raises(KeyError, match="no counterpart"):
         import_state_dict(extra, variables)
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_embedding_scales_multiply_in_float32_and_round_once(pos):
+    """sqrt(512) and the learned-position 0.707106781 multiply the bf16 embedding in float32, one
+    rounding each, as Python floats do in the official code (bf16 constants would be 22.625 and
+    0.70703). Compiled without XLA's excess precision, i.e. rounding where the program says."""
+    bf16 = ml_dtypes.bfloat16
+    arch = _arch(
+        "arch.hidden_size=512",
+        "arch.num_heads=8",
+        "arch.forward_dtype=bfloat16",
+        f"arch.pos_encodings={pos}",
+        "arch.puzzle_emb_ndim=512",
+        "arch.puzzle_emb_len=1",
+    )
+    model = build_model(arch, ModelDims(6, 16, 3))
+    v = init_variables(model, jax.random.key(0))
+    inputs = jnp.asarray(np.random.default_rng(0).integers(0, 6, (2, 16)), jnp.int32)
+    rows = jnp.asarray(np.random.default_rng(1).normal(size=(2, 512)), jnp.float32)
+
+    def embed(v, inputs, rows):
+        return model.apply(v, inputs, rows, method=TRMInner.embed)
+
+    opts = {"xla_allow_excess_precision": False}
+    out = np.asarray(jax.jit(embed).lower(v, inputs, rows).compile(compiler_options=opts)(v, inputs, rows), np.float32)
+
+    def rnd(x):
+        return np.asarray(x, np.float32).astype(bf16).astype(np.float32)
+
+    tokens = rnd(np.asarray(v["params"]["embed_tokens"]["embedding"]))[np.asarray(inputs)]
+    emb = np.concatenate([rnd(rows)[:, None], tokens], axis=1)
+    if pos == "learned":
+        emb = rnd(np.float32(0.707106781) * rnd(emb + rnd(v["params"]["embed_pos"]["embedding"])))
+    np.testing.assert_array_equal(out, rnd(np.float32(math.sqrt(512)) * emb))
+    assert np.any(out != rnd(np.float32(22.625) * emb))  # the bf16 constant would differ
+
+    # float32 computes as before, bit for bit.
+    arch32 = arch.model_copy(update={"forward_dtype": "float32"})
+    model32 = build_model(arch32, ModelDims(6, 16, 3))
+    v32 = init_variables(model32, jax.random.key(0))
+
+    def old(p, inputs, rows):
+        e = jnp.concatenate([rows[:, None], jnp.take(p["embed_tokens"]["embedding"], inputs, axis=0)], axis=1)
+        if pos == "learned":
+            e = 0.707106781 * (e + p["embed_pos"]["embedding"])
+        return math.sqrt(512) * e
+
+    new = jax.jit(lambda v, i, r: model32.apply(v, i, r, method=TRMInner.embed))(v32, inputs, rows)
+    np.testing.assert_array_equal(new, jax.jit(old)(v32["params"], inputs, rows))
