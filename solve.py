@@ -593,7 +593,8 @@ def side_by_side(blocks: Sequence[Sequence[str]], gap: int = 4) -> list[str]:
 
 def summary_line(solver: Solver, records: Sequence[dict], scores: dict | None) -> str:
     known = [r["correct"] for r in records if r["correct"] is not None]
-    parts = [f"{len(records)} {'test inputs' if solver.kind == 'arc' else 'puzzles'}"]
+    noun = "test input" if solver.kind == "arc" else "puzzle"
+    parts = [f"{len(records)} {noun}{'s' * (len(records) != 1)}"]
     if solver.kind != "arc":
         parts.append(f"{sum(r['valid'] for r in records)} valid")
     if known:

@@ -14,6 +14,7 @@ from dataset.format import PuzzleDatasetMetadata
 from evaluators.render import sheet_size
 from models.losses import IGNORE_LABEL_ID
 from pretrain_jax import train
+from tests.pretrain_runs import assert_ok, launcher_cmd, run, run_env, train_args
 from training.config import ConfigError, compose, validate
 from training.eval_outputs import SHEET_ROWS, OutputRecorder
 
@@ -43,6 +44,25 @@ def test_an_evaluation_saves_every_row_and_draws_the_first_puzzles(tmp_path, dat
     png = run / "eval_step_2" / "predictions.png"
     height, width = matplotlib.image.imread(png).shape[:2]
     assert (width, height) == sheet_size(SHEET_ROWS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_every_process_saves_its_own_rows(tmp_path, data, compile_cache):
+    run_dir = tmp_path / "run"
+    args = train_args(data, run_dir, "max_steps=2", "eval_save_outputs=[inputs,halt_step]")
+    assert_ok(
+        run(launcher_cmd(2, 1, args, tmp_path / "logs", timeout=200), run_env(compile_cache), tmp_path / "log", 220)
+    )
+    parts = [np.load(run_dir / "eval_step_2" / f"outputs_process{i}.npz") for i in range(2)]
+    # Global batches of 16 rows: process i evaluated rows 8i..8i+7 of each, and saved only those.
+    inputs = np.load(f"{data}/test/all__inputs.npy")
+    for i, part in enumerate(parts):
+        assert len(part["inputs"]) == len(part["halt_step"]) == len(inputs) // 2
+        np.testing.assert_array_equal(
+            part["inputs"], inputs.reshape(-1, 2, 8, inputs.shape[1])[:, i].reshape(part["inputs"].shape)
+        )
+    assert (run_dir / "eval_step_2" / "predictions.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("value", ["[logits]", "[preds,carry]", "preds"])
