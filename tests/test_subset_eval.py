@@ -111,3 +111,14 @@ def test_intermediate_evaluations_use_the_subset_across_a_resume_and_the_final_o
         assert not any(k.startswith("eval_subset") for k in evals[step])
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     assert summary["final_metrics"] == {k: v for k, v in evals[13].items() if k.startswith("eval/")}
+
+
+@pytest.mark.timeout(600)
+def test_a_run_resumes_with_another_eval_subset_and_peak_tflops(tmp_path, data):
+    """Neither knob changes the state: a checkpoint stays resumable when they change."""
+    base = [*TINY, f"data_paths=[{data}]", f"run_dir={tmp_path / 'run'}"]
+    assert train(validate(compose("quickstart", [*base, "max_steps=2"]))).status == "completed"
+    resumed = train(validate(compose("quickstart", [*base, "max_steps=4", "eval_subset=40", "peak_tflops=3"])))
+    assert resumed.status == "completed" and resumed.step == 4, resumed.error
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["cost"]["steps"] == 4 and summary["cost"]["mfu"] > 0

@@ -64,7 +64,7 @@ RESUMABLE_KEYS = frozenset(
         "checkpoint_every_steps", "max_to_keep", "load_checkpoint", "log_every_steps", "resume", "data_paths_test",
         "evaluators", "data_generator", "curriculum", "halt_exploration_schedule", "wandb", "distributed",
         "arch.halt_exploration_prob", "arch.halt_max_steps", "arch.H_cycles", "arch.L_cycles", "arch.unroll_cycles",
-        "arch.attention_impl", "arch.H_layers", "eval_save_outputs",
+        "arch.attention_impl", "arch.H_layers", "eval_save_outputs", "eval_subset", "peak_tflops",
     }
 )  # fmt: skip
 
