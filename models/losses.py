@@ -51,14 +51,18 @@ def answer_quality(preds_BxL: jax.Array, labels_BxL: jax.Array) -> dict[str, jax
     return {"accuracy": right / jnp.maximum(counts, 1), "exact": right == counts, "labelled": counts > 0}
 
 
-def act_loss(
-    logits_BxLxV, q_halt_B, q_continue_B, labels_BxL, halted_B, steps_B, loss_type: str, target_q_continue_B=None
-):
-    """Official ACTLossHead: returns (total loss summed over the batch, metric sums).
+def act_loss(outputs: dict[str, jax.Array], carry, *, loss_type: str):
+    """Official ACTLossHead: returns (total loss summed over the batch, metric sums, predictions).
 
-    lm loss is normalised per sequence by its number of valid labels; the Q-halt head learns
-    whether the sequence is exactly right. Metrics count only rows that halted and have labels.
+    `outputs` are an ACT step's (`logits`, `q_halt_logits`, `q_continue_logits`, and
+    `target_q_continue` when the Q-continue head is trained); `carry` is the carry after that
+    step (its `labels`, `halted` and `steps` are read). lm loss is normalised per sequence by its
+    number of valid labels; the Q-halt head learns whether the sequence is exactly right. Metrics
+    count only rows that halted and have labels.
     """
+    logits_BxLxV, q_halt_B, q_continue_B = outputs["logits"], outputs["q_halt_logits"], outputs["q_continue_logits"]
+    target_q_continue_B = outputs.get("target_q_continue")
+    labels_BxL, halted_B, steps_B = carry.labels, carry.halted, carry.steps
     mask = labels_BxL != IGNORE_LABEL_ID
     counts = mask.sum(-1)
     divisor = jnp.maximum(counts, 1)[:, None]

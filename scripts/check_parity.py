@@ -48,7 +48,7 @@ import numpy as np
 
 from models.act import Carry, act_step, exploration_min_steps, initial_carry, reset_carry
 from models.config import ArchConfig
-from models.losses import act_loss, log_stablemax, stablemax_cross_entropy
+from models.losses import IGNORE_LABEL_ID, act_loss, log_stablemax, stablemax_cross_entropy
 from models.torch_import import import_state_dict, official_name_to_path
 from models.trm import ModelDims, build_model, init_variables
 from training.optimizers import adam_atan2, cosine_lr, sign_sgd_sparse_update
@@ -175,16 +175,7 @@ def _make_step(model, arch: ArchConfig):
                 H_cycles=arch.H_cycles,
                 L_cycles=arch.L_cycles,
             )
-            loss, metrics, _ = act_loss(
-                out["logits"],
-                out["q_halt_logits"],
-                out["q_continue_logits"],
-                new_carry.labels,
-                new_carry.halted,
-                new_carry.steps,
-                arch.loss_type,
-                out.get("target_q_continue"),
-            )
+            loss, metrics, _ = act_loss(out, new_carry, loss_type=arch.loss_type)
             return loss, (new_carry, out, metrics)
 
         if not train:
@@ -371,7 +362,7 @@ def _sigmoid_bce(x, t):
 
 def _argmax_metrics(pred, labels, halted, q_halt):
     """The official ACT head's argmax-derived quantities for predictions `pred`, in float64."""
-    mask = labels != -100
+    mask = labels != IGNORE_LABEL_ID
     counts = mask.sum(-1)
     correct = mask & (pred == labels)
     seq_correct = correct.sum(-1) == counts
@@ -420,7 +411,7 @@ def _compare_bf16_step(cmp: Comparator, prefix: str, label: str, carry, out, los
     stable = (top2[..., 1] - top2[..., 0]) >= stability["threshold"]
     labels = np.asarray(a[f"{prefix}/current_labels"])
     name = f"{cmp.case}:{label}/argmax@stable"
-    counted = (int(stable.sum()), int((stable & (labels != -100)).sum()))
+    counted = (int(stable.sum()), int((stable & (labels != IGNORE_LABEL_ID)).sum()))
     if counted != (stability["stable"], stability["stable_labelled"]):
         sidecar = (stability["stable"], stability["stable_labelled"])
         msg = f"stable (labelled) positions {counted}, the sidecar counts {sidecar}"
@@ -522,7 +513,7 @@ def check_stablemax(case, meta, a) -> Comparator:
     cmp.check("log_stablemax_f32", log_stablemax(logits))
     cmp.check("stablemax_cross_entropy", stablemax_cross_entropy(logits, labels))
     if "ce_with_valid_mask" in a:
-        cmp.check("ce_with_valid_mask", stablemax_cross_entropy(logits, labels, valid_mask=labels != -100))
+        cmp.check("ce_with_valid_mask", stablemax_cross_entropy(logits, labels, valid_mask=labels != IGNORE_LABEL_ID))
     grad = jax.grad(lambda x: stablemax_cross_entropy(x, labels).sum())(logits)
     cmp.check("grad_logits", grad)
     return cmp

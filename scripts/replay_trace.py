@@ -98,9 +98,7 @@ def _rounding_sensitive(model, loss_type: str, state, carry, batch) -> dict[str,
             H_cycles=arch.H_cycles,
             L_cycles=arch.L_cycles,
         )
-        total, _, _ = act_loss(
-            out["logits"], out["q_halt_logits"], out["q_continue_logits"], new.labels, new.halted, new.steps, loss_type
-        )
+        total, _, _ = act_loss(out, new, loss_type=loss_type)
         return total / ids.shape[0], (new, out)
 
     g_BxE, (new, out) = jax.grad(loss, has_aux=True)(jnp.take(state.puzzle_emb, ids, axis=0))

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +33,9 @@ def test_act_loss_metrics_follow_official_rules():
     q_halt = jnp.array([1.0, -1.0, 0.0])
     halted = jnp.array([True, True, True])
     steps = jnp.array([2, 3, 1])
-    loss, m, out_preds = act_loss(logits, q_halt, jnp.zeros(3), labels, halted, steps, "softmax_cross_entropy")
+    outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": jnp.zeros(3)}
+    carry = SimpleNamespace(labels=labels, halted=halted, steps=steps)
+    loss, m, out_preds = act_loss(outputs, carry, loss_type="softmax_cross_entropy")
     assert int(m["count"]) == 2  # the unlabelled row is not counted
     assert int(m["exact_accuracy"]) == 1
     np.testing.assert_allclose(float(m["accuracy"]), 1.0 + 2 / 3, rtol=1e-6)
@@ -47,15 +51,9 @@ def test_act_loss_metrics_follow_official_rules():
 def test_q_continue_target_adds_its_loss():
     logits = jnp.zeros((2, 2, 3))
     labels = jnp.zeros((2, 2), jnp.int32)
-    args = (
-        logits,
-        jnp.zeros(2),
-        jnp.array([0.3, -0.2]),
-        labels,
-        jnp.ones(2, bool),
-        jnp.ones(2, jnp.int32),
-        "softmax_cross_entropy",
-    )
-    base, _, _ = act_loss(*args)
-    with_q, m, _ = act_loss(*args, target_q_continue_B=jnp.array([0.9, 0.1]))
+    outputs = {"logits": logits, "q_halt_logits": jnp.zeros(2), "q_continue_logits": jnp.array([0.3, -0.2])}
+    carry = SimpleNamespace(labels=labels, halted=jnp.ones(2, bool), steps=jnp.ones(2, jnp.int32))
+    base, _, _ = act_loss(outputs, carry, loss_type="softmax_cross_entropy")
+    targets = dict(outputs, target_q_continue=jnp.array([0.9, 0.1]))
+    with_q, m, _ = act_loss(targets, carry, loss_type="softmax_cross_entropy")
     np.testing.assert_allclose(float(with_q - base), 0.5 * float(m["q_continue_loss"]), rtol=1e-6)

@@ -23,8 +23,7 @@ from evaluators.render import (
     render_sheet,
     sheet_size,
 )
-
-IGNORE = -100
+from models.losses import IGNORE_LABEL_ID
 
 
 def _sudoku(n: int, count: int, blanks: int, seed: int = 0):
@@ -131,8 +130,8 @@ def test_arc_grids_are_cropped_and_drawn_in_the_arc_palette(tmp_path):
     source = np.arange(9, dtype=np.uint8).reshape(3, 3)
     target = (source + 1) % 10
     inputs, labels = (x.astype(np.int64)[None] for x in to_sequences(source, target, (0, 0)))
-    labels = np.where(labels == 0, IGNORE, labels)
-    preds = np.where(labels == IGNORE, 5, labels)  # whatever the model says outside the grid is ignored
+    labels = np.where(labels == 0, IGNORE_LABEL_ID, labels)
+    preds = np.where(labels == IGNORE_LABEL_ID, 5, labels)  # whatever the model says outside the grid is ignored
     preds[0, 4] = 2 + 7  # cell (1, 1) should be colour 5
     render_sheet(str(tmp_path / "a.png"), kind="arc", inputs=inputs, preds=preds, labels=labels)
     png = _png(tmp_path / "a.png")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from models.act import act_step, initial_carry, reset_carry
-from models.losses import act_loss
+from models.losses import IGNORE_LABEL_ID, act_loss
 from models.trm import ModelDims
 from pretrain_jax import setup_model
 from training.config import compose, validate
@@ -40,7 +40,9 @@ def _batches(n, B=16):
     for _ in range(n):
         yield {
             "inputs": rng.integers(1, 6, (B, 16)).astype(np.int32),
-            "labels": np.where(rng.random((B, 16)) < 0.2, -100, rng.integers(1, 6, (B, 16))).astype(np.int32),
+            "labels": np.where(rng.random((B, 16)) < 0.2, IGNORE_LABEL_ID, rng.integers(1, 6, (B, 16))).astype(
+                np.int32
+            ),
             "puzzle_identifiers": rng.integers(0, 3, (B,)).astype(np.int32),
         }
 
@@ -168,15 +170,7 @@ def _reference_steps(cfg, model, state0, batches):
                 H_cycles=arch.H_cycles,
                 L_cycles=arch.L_cycles,
             )
-            total, metrics, _ = act_loss(
-                o["logits"],
-                o["q_halt_logits"],
-                o["q_continue_logits"],
-                new.labels,
-                new.halted,
-                new.steps,
-                arch.loss_type,
-            )
+            total, metrics, _ = act_loss(o, new, loss_type=arch.loss_type)
             return total / B, (new, metrics)
 
         (_, (carry, metrics)), (g, g_rows) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(

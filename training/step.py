@@ -49,16 +49,7 @@ def _loss_and_grads(model: TRMInner, cfg: PretrainConfig, H_cycles: int, L_cycle
         new_carry, out = act_step(
             model, variables, carry, rows, train=True, min_halt_steps=min_halt, H_cycles=H_cycles, L_cycles=L_cycles
         )
-        loss, metrics, _ = act_loss(
-            out["logits"],
-            out["q_halt_logits"],
-            out["q_continue_logits"],
-            new_carry.labels,
-            new_carry.halted,
-            new_carry.steps,
-            arch.loss_type,
-            out.get("target_q_continue"),
-        )
+        loss, metrics, _ = act_loss(out, new_carry, loss_type=arch.loss_type)
         # The official loop backpropagates loss / global_batch_size.
         return loss * (scale / cfg.global_batch_size), (new_carry, metrics)
 
@@ -204,15 +195,7 @@ def make_eval_step(*, cfg: PretrainConfig, model: TRMInner, sh: Shardings, H_cyc
         def body(c, _):
             carry, first_halt_B, adaptive, _ = c
             carry, out = one_step(variables, puzzle_emb, carry, batch)
-            _, metrics, preds = act_loss(
-                out["logits"],
-                out["q_halt_logits"],
-                out["q_continue_logits"],
-                carry.labels,
-                carry.halted,
-                carry.steps,
-                arch.loss_type,
-            )
+            _, metrics, preds = act_loss(out, carry, loss_type=arch.loss_type)
             quality = answer_quality(preds, carry.labels)
             counted = quality["labelled"]
             would_halt_B = out["q_halt_logits"] > 0
