@@ -178,6 +178,13 @@ def _wait_for_first_failure(procs: list[subprocess.Popen], timeout: float | None
         time.sleep(0.1)
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Split at the first `--`: launcher options before it, the script's arguments after."""
     if "--" in argv:
@@ -186,8 +193,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     else:
         own, script_args = argv, []
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-processes", type=int, required=True)
-    parser.add_argument("--devices-per-process", type=int, default=1)
+    parser.add_argument("--num-processes", type=_at_least_one, required=True)
+    parser.add_argument("--devices-per-process", type=_at_least_one, default=1)
     parser.add_argument("--timeout", type=float, default=None, help="seconds for the whole run")
     parser.add_argument("--log-dir", default=None, help="default: a fresh temporary directory")
     parser.add_argument("--script", default=str(DEFAULT_SCRIPT))

@@ -222,3 +222,12 @@ def test_two_processes_checkpoint_collectively_to_gcs_emulator(tmp_path, gcs_emu
     assert "process 1 restored" in (tmp_path / "logs" / "process_1.log").read_text()
     written = gcsfs.GCSFileSystem().find(root)
     assert any("ocdbt.process_1" in path for path in written), written
+
+
+@pytest.mark.parametrize("flag", ["--num-processes", "--devices-per-process"])
+def test_zero_processes_or_devices_is_a_usage_error(flag, capsys):
+    argv = ["--num-processes", "2", flag, "0", "--", "max_steps=1"]
+    with pytest.raises(SystemExit) as exit_info:
+        launch_local.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert "must be >= 1 (got 0)" in capsys.readouterr().err
