@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pretrain_jax import train
+from pretrain_jax import setup, train
 from tests.pretrain_runs import (
     TINY,
     assert_ok,
@@ -27,7 +27,6 @@ from tests.pretrain_runs import (
 from tests.test_step import _batches, _setup, run_steps
 from training.config import ConfigError, compose, validate
 from training.sharding import global_batch
-from training.state import shadow_rates
 
 RATES = (0.9, 0.99)
 MULTI = ["ema_rates=[0.9,0.99]"]
@@ -42,16 +41,6 @@ def test_each_shadow_equals_a_single_ema_run_bit_for_bit():
         assert single_losses == losses  # the shadows do not touch training
         assert_trees_equal(jax.device_get(multi.params), jax.device_get(single.params))
         assert_trees_equal(jax.device_get(multi.ema_shadows[f"{rate:g}"]), jax.device_get(single.ema_params))
-
-
-def test_the_primary_rate_is_kept_once():
-    def shadows(*overrides):
-        return shadow_rates(validate(compose("quickstart", list(overrides))))
-
-    assert shadows("ema=true", "ema_rate=0.9", *MULTI) == {"0.99": 0.99}  # ema_params is the 0.9 one
-    assert shadows("ema=false", "ema_rate=0.9", *MULTI) == {"0.9": 0.9, "0.99": 0.99}
-    assert shadows("ema=true", "ema_rate=0.5", *MULTI) == {"0.9": 0.9, "0.99": 0.99}
-    assert shadows("ema=true") == {}
 
 
 @pytest.mark.timeout(300)
@@ -178,3 +167,19 @@ def test_two_processes_resumed_keep_every_shadow_and_the_subset(tmp_path, data, 
             elif key.startswith("eval"):
                 assert got[at][key] == pytest.approx(value, rel=LAYOUT_RTOL, abs=1e-6), key
     assert {"eval_subset/all/count", "eval_subset_raw/all/count", "eval_subset_ema0.99/all/count"} <= got[9].keys()
+
+
+@pytest.mark.timeout(600)
+def test_load_checkpoint_starts_every_shadow_at_the_loaded_weights(runs, data, tmp_path):
+    loaded, _, _ = restore(str(runs["raw"] / "checkpoints"))
+    cfg = _cfg(
+        data, tmp_path / "run", f"load_checkpoint={runs['raw'] / 'checkpoints'}", "ema=true", "ema_rate=0.9", *MULTI
+    )
+    s = setup(cfg)
+    try:
+        state = jax.device_get(s.m.state)
+    finally:
+        s.close()
+    assert sorted(state.ema_shadows) == ["0.99"]
+    for tree in (state.params, state.ema_params, state.ema_shadows["0.99"]):
+        assert_trees_equal(tree, loaded["params"])
