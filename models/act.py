@@ -47,6 +47,8 @@ def reset_carry(carry: Carry, batch: dict[str, jax.Array], buffers: dict[str, ja
     h = carry.halted
 
     def pick(new, old):
+        # `new` is a batch row per row, or one [D] buffer broadcast explicitly to every row.
+        new = jnp.broadcast_to(new, old.shape)
         return jnp.where(h.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
 
     return Carry(

@@ -55,7 +55,8 @@ class CastedLinear(nn.Module):
             return jnp.dot(x, kernel.astype(x.dtype))
         # As F.linear: the (compute-dtype) bias is added to the float32 accumulator, one rounding.
         bias = self.param("bias", self.bias_init, (self.features,)).astype(x.dtype)
-        y = jnp.dot(x, kernel.astype(x.dtype), preferred_element_type=jnp.float32) + bias.astype(jnp.float32)
+        bias_f32 = bias.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))
+        y = jnp.dot(x, kernel.astype(x.dtype), preferred_element_type=jnp.float32) + bias_f32
         return y.astype(x.dtype)
 
 
@@ -102,7 +103,7 @@ def _rotate_half(x: jax.Array) -> jax.Array:
 
 def apply_rope(x_BxSxHxK: jax.Array, cos_SxK: jax.Array, sin_SxK: jax.Array) -> jax.Array:
     x = x_BxSxHxK.astype(jnp.float32)
-    out = x * cos_SxK[:, None, :] + _rotate_half(x) * sin_SxK[:, None, :]
+    out = x * cos_SxK[None, :, None, :] + _rotate_half(x) * sin_SxK[None, :, None, :]
     return out.astype(x_BxSxHxK.dtype)
 
 

@@ -130,7 +130,7 @@ class TRMInner(nn.Module):
         # Python-float scales multiply in float32 and round once each, as in the official code (a
         # 16-bit constant would be 22.625 for sqrt(512), 0.70703 for the position scale).
         if self.arch.pos_encodings == "learned":
-            emb = emb + self.embed_pos.embedding.astype(self.dtype)
+            emb = emb + self.embed_pos.embedding.astype(self.dtype)[None]
             emb = (_LEARNED_POS_SCALE * emb.astype(jnp.float32)).astype(self.dtype)
         return (math.sqrt(D) * emb.astype(jnp.float32)).astype(self.dtype)
 
@@ -151,7 +151,7 @@ class TRMInner(nn.Module):
         emb = self.embed(inputs_BxL, puzzle_rows_BxE)
         z = self.reason(emb, emb)
         H_init, _ = self.init_states()
-        return self.heads(z + H_init)
+        return self.heads(z + H_init[None, None])
 
 
 def build_model(arch: ArchConfig, dims: ModelDims) -> TRMInner:

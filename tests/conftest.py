@@ -43,6 +43,8 @@ os.environ.update(
     NO_GCE_CHECK="true",
     GOOGLE_AUTH_TOKEN_FOR_TESTING="dummy",
     WANDB_MODE="offline",
+    # Implicit rank promotion (a [B] array silently broadcast against [B, L]) is an error in tests.
+    JAX_NUMPY_RANK_PROMOTION="raise",
     WANDB_SILENT="true",
 )
 

@@ -87,7 +87,7 @@ def test_linear_bias_is_added_in_float32_and_rounded_once():
     xf = jax.random.normal(jax.random.key(0), (3, 8))
     vf = CastedLinear(5, use_bias=True, bias_init=jax.nn.initializers.normal()).init(jax.random.key(1), xf)
     k, b = vf["params"]["kernel"], vf["params"]["bias"]
-    old = jax.jit(lambda x, k, b: jnp.dot(x, k) + b)  # the layer before bf16 rounding was matched
+    old = jax.jit(lambda x, k, b: jnp.dot(x, k) + b[None])  # the layer before bf16 rounding was matched
     np.testing.assert_array_equal(jax.jit(layer.clone(features=5).apply)(vf, xf), old(xf, k, b))
 
 

@@ -130,7 +130,7 @@ def test_embedding_scales_multiply_in_float32_and_round_once(pos):
     def old(p, inputs, rows):
         e = jnp.concatenate([rows[:, None], jnp.take(p["embed_tokens"]["embedding"], inputs, axis=0)], axis=1)
         if pos == "learned":
-            e = 0.707106781 * (e + p["embed_pos"]["embedding"])
+            e = 0.707106781 * (e + p["embed_pos"]["embedding"][None])
         return math.sqrt(512) * e
 
     new = jax.jit(lambda v, i, r: model32.apply(v, i, r, method=TRMInner.embed))(v32, inputs, rows)
