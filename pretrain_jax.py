@@ -344,7 +344,8 @@ def _run_loop(s: RunSetup, signals: StopSignals, clock: CostClock) -> RunResult:
     if s.test_ds is not None:
         last_eval = run_eval(step, full=True)
         s.logger.message(
-            "final evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items() if isinstance(v, float))
+            "final evaluation: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items() if k.startswith("eval/") and isinstance(v, float))
         )
     save(step)
     with clock.section("checkpoint"):

@@ -201,3 +201,18 @@ def test_run_dir_that_is_a_file_is_refused(tmp_path, data):
     result = train(_cfg(data, tmp_path / "file"))
     assert result.status == "failed" and "is a file" in result.error
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_config_changes_are_classified_from_the_configs_alone():
+    from training.checkpointing import config_changes
+
+    saved = validate(compose("quickstart")).model_dump()
+    now = validate(compose("quickstart", ["lr=2e-3", "max_steps=5", "arch.hidden_size=32", "arch.num_heads=2"]))
+    resumable, incompatible = config_changes(saved, now.model_dump())
+    assert set(resumable) == {"lr", "max_steps"} and resumable["lr"] == (1e-3, 2e-3)
+    assert set(incompatible) == {"arch.hidden_size", "arch.num_heads", "arch.puzzle_emb_ndim"}
+    # A knob that did not exist when the checkpoint was written: off is no change, on is one.
+    older = {k: v for k, v in saved.items() if k != "ema_rates"}
+    assert config_changes(older, saved) == ({}, {})
+    with_shadows = validate(compose("quickstart", ["ema_rates=[0.99]"])).model_dump()
+    assert set(config_changes(older, with_shadows)[1]) == {"ema_rates"}

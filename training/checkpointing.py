@@ -82,7 +82,9 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[dict, dict]:
     """(resumable, incompatible) differences between two resolved configs: key -> (saved, now)."""
     a, b = _flatten(saved), _flatten(current)
-    diff = {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+    # A knob added after the checkpoint was written, left at its off value, changes nothing.
+    added_but_off = {k for k in b.keys() - a.keys() if b[k] in (None, False, [], {})}
+    diff = {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys() - added_but_off) if a.get(k) != b.get(k)}
     resumable = {k: v for k, v in diff.items() if k in RESUMABLE_KEYS}
     return resumable, {k: v for k, v in diff.items() if k not in resumable}
 
