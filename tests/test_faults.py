@@ -34,7 +34,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
         pretrain_cmd(train_args(data, run_dir, *EXPLODE)), run_env(compile_cache), tmp_path / "log.txt", timeout=140
     )
     assert proc.returncode != 0
-    found = re.search(r"NonFiniteLossError: non-finite loss at step (\d+)", proc.output)
+    found = re.search(r"error: non-finite loss at step (\d+)", proc.output)
     assert found, tail(proc.output)
     bad = int(found.group(1))
     assert "Traceback" not in proc.output.split(found.group(0))[-1], "noise after the error: " + tail(proc.output)
