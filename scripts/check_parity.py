@@ -55,13 +55,16 @@ from training.optimizers import adam_atan2, cosine_lr, sign_sgd_sparse_update
 
 TIGHT = dict(rtol=1e-5, atol=1e-5)
 GRAD = dict(rtol=1e-5, atol=1e-5)
-DISCRETE = (
+# The halting decisions, step counts and the data they select: exact in every mode.
+SELECTION = (
     "halted",
     "steps",
     "all_finish",
     "current_inputs",
     "current_labels",
     "current_puzzle_identifiers",
+)
+DISCRETE = SELECTION + (
     "metric/count",
     "metric/exact_accuracy",
     "metric/q_halt_accuracy",
@@ -298,13 +301,7 @@ MAX_BF16_RATIO = 1.5
 FEW_VALUES = 16
 # Halting decisions, step counts and the data they select must match exactly (the seeds keep every
 # |q_halt| at >= 3x its bf16 rounding).
-BF16_EXACT = (
-    "halted",
-    "steps",
-    "all_finish",
-    "current_inputs",
-    "current_labels",
-    "current_puzzle_identifiers",
+BF16_EXACT = SELECTION + (
     "metric/count",
     "metric/steps",
 )
