@@ -85,3 +85,48 @@ def test_global_batch_not_divisible_by_device_count_is_refused(tmp_path, data, c
     )
     assert proc.returncode != 0
     assert "cannot be split over 3 devices" in proc.output and "multiple of 3" in proc.output, tail(proc.output)
+
+
+def start_with_ids(tmp_path, compile_cache, ids: list[int], num_processes: int, args: list[str]):
+    coordinator = f"127.0.0.1:{free_port()}"
+    procs = []
+    for i, pid in enumerate(ids):
+        env = run_env(
+            compile_cache,
+            TRM_COORDINATOR_ADDRESS=coordinator,
+            TRM_NUM_PROCESSES=str(num_processes),
+            TRM_PROCESS_ID=str(pid),
+        )
+        procs.append(start(pretrain_cmd(args), env, tmp_path / f"process_{i}.txt"))
+    return procs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("ids", [[0], [1], [0, 0]], ids=["peer-missing", "coordinator-missing", "duplicated-id"])
+def test_a_missing_or_duplicated_peer_gets_the_project_hint_not_a_cpp_abort(tmp_path, data, compile_cache, ids):
+    timeout_s = 5
+    run_dir = tmp_path / "run"
+    args = train_args(data, run_dir, f"distributed.initialization_timeout={timeout_s}")
+    procs = start_with_ids(tmp_path, compile_cache, ids, 2, args)
+    try:
+        codes = [p.wait(timeout=90) for p in procs]
+    finally:
+        stop(procs)
+    for i, code in enumerate(codes):
+        out = (tmp_path / f"process_{i}.txt").read_text()
+        assert code == 1, f"process {i} exited {code}:\n{tail(out)}"
+        assert "did not meet all its peers at 127.0.0.1" in out and "initialization_timeout=5s" in out, tail(out)
+        assert "two were started with the same process id" in out, tail(out)
+        assert "Check failure" not in out and "Terminating process" not in out, tail(out)
+    assert not run_dir.exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_process_id_outside_the_job_is_refused_at_once(tmp_path, data, compile_cache):
+    env = run_env(compile_cache, TRM_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}", TRM_NUM_PROCESSES="2")
+    env["TRM_PROCESS_ID"] = "2"
+    proc = run(pretrain_cmd(train_args(data, tmp_path / "run")), env, tmp_path / "log.txt", timeout=50)
+    assert proc.returncode == 1, tail(proc.output)
+    assert "process id 2 is outside 0..1 for a job of 2 processes" in proc.output, tail(proc.output)
+    assert not (tmp_path / "run").exists()

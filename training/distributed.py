@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import threading
 from typing import Any
 
 import jax
@@ -12,6 +14,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from training.config import ConfigError, DistributedConfig
+
+# JAX's own initialisation deadline runs this much longer than ours: when it expires, its C++
+# client aborts the process (no Python code can catch it), so ours must expire first.
+_JAX_DEADLINE_MARGIN_S = 30
 
 _ENV = {
     "coordinator_address": "TRM_COORDINATOR_ADDRESS",
@@ -40,20 +46,50 @@ def initialize(cfg: DistributedConfig) -> None:
     if explicit and len(explicit) != 3:
         missing = [_ENV[k] for k in _ENV if k not in explicit]
         raise ConfigError(f"multi-process run is missing {missing} (or the distributed.* config keys)")
+    if explicit and not 0 <= explicit["process_id"] < explicit["num_processes"]:
+        n = explicit["num_processes"]
+        raise ConfigError(
+            f"process id {explicit['process_id']} is outside 0..{n - 1} for a job of {n} processes: set "
+            "TRM_PROCESS_ID (distributed.process_id) to a distinct id in that range"
+        )
+    hint = _peer_hint(explicit, cfg.initialization_timeout)
+    # A missing or duplicated peer makes jax.distributed.initialize wait, then abort in C++; a
+    # timer of ours says what is wrong first. Nothing of the run exists yet, so exiting loses nothing.
+    watchdog = threading.Timer(cfg.initialization_timeout, _exit_with, args=(hint,))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         jax.distributed.initialize(
             **explicit,
-            initialization_timeout=cfg.initialization_timeout,
+            initialization_timeout=cfg.initialization_timeout + _JAX_DEADLINE_MARGIN_S,
             heartbeat_timeout_seconds=cfg.heartbeat_timeout_seconds,
             shutdown_timeout_seconds=cfg.shutdown_timeout_seconds,
         )
     except Exception as e:
-        where = explicit.get("coordinator_address", "auto-detected coordinator")
-        raise RuntimeError(
-            f"jax.distributed.initialize failed ({where}, timeout {cfg.initialization_timeout}s): {e}. "
-            "Check that every process was started with the same coordinator address and process count, "
-            "and that the coordinator port is reachable."
-        ) from e
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise ConfigError(f"{hint} ({reason})") from e
+    finally:
+        watchdog.cancel()
+
+
+def _peer_hint(explicit: dict[str, Any], timeout: int) -> str:
+    if explicit:
+        n, where = explicit["num_processes"], explicit["coordinator_address"]
+        me = f"process {explicit['process_id']} of {n}"
+        ids = f"exactly one process per id 0..{n - 1} (TRM_PROCESS_ID)"
+    else:
+        me, where, ids = "this process", "the auto-detected coordinator", "exactly one process per host"
+    return (
+        f"{me} did not meet all its peers at {where} within distributed.initialization_timeout={timeout}s: a "
+        "process is missing, was started with another coordinator address or process count, or two were started "
+        f"with the same process id. Start {ids}, all with the same coordinator address and process count; raise "
+        "distributed.initialization_timeout if some hosts start slowly"
+    )
+
+
+def _exit_with(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
