@@ -42,6 +42,7 @@ from training.cost import CostClock
 from training.cost import summary as cost_summary
 from training.data import open_datasets
 from training.evaluation import eval_weightings, evaluate_all, subset_examples
+from training.log_setup import setup_logging
 from training.metrics_log import RunLogger, accumulate_train, reduce_train
 from training.optimizers import build_optimizer
 from training.periodic import Periodic, steps_per_eval
@@ -59,8 +60,9 @@ class NonFiniteError(RuntimeError):
     """A non-finite loss or non-finite weights; the message says what to do."""
 
 
-# Errors whose message is the whole story: reported as one line, without a traceback.
-EXPECTED_ERRORS = (ConfigError, DatasetError, CheckpointError, NonFiniteError)
+# Errors whose message is the whole story: reported as one line, without a traceback. An OSError
+# names its file and cause (a full disk, a missing permission), which is what the user must fix.
+EXPECTED_ERRORS = (ConfigError, DatasetError, CheckpointError, NonFiniteError, OSError)
 
 
 @dataclass
@@ -239,7 +241,7 @@ def train(cfg: PretrainConfig, *, raw: DictConfig | None = None) -> RunResult:
     try:
         s = setup(cfg, raw=raw)
     except EXPECTED_ERRORS as e:
-        return RunResult("failed", 0, error=str(e), exit_code=1)
+        return RunResult("failed", 0, error=_error_text(e, resolve_paths(cfg).run_dir), exit_code=1)
     signals = StopSignals(
         grace_seconds=cfg.stop_grace_seconds, multi_process=jax.process_count() > 1, last_checkpoint=s.ckpt.last_good
     )
@@ -247,14 +249,24 @@ def train(cfg: PretrainConfig, *, raw: DictConfig | None = None) -> RunResult:
     try:
         return _run_loop(s, signals, clock)
     except EXPECTED_ERRORS as e:
-        s.ckpt.wait()
-        message = f"{e}; {s.ckpt.last_good()}"
-        s.logger.message(f"error: {message}")
+        message = _error_text(e, s.paths.run_dir)
+        try:
+            s.ckpt.wait()
+        except CheckpointError as also:
+            message = f"{message}; {also}"
+        message = f"{message}; {s.ckpt.last_good()}"
         return RunResult("failed", s.step, run_dir=s.paths.run_dir, error=message, exit_code=1)
     finally:
         clock.close()
         signals.close()
         s.close()
+
+
+def _error_text(e: Exception, run_dir: str) -> str:
+    # An OSError raised by write() or close() does not name its file.
+    if isinstance(e, OSError) and not e.filename:
+        return f"{e} (writing under run_dir {run_dir})"
+    return str(e)
 
 
 def _run_loop(s: RunSetup, signals: StopSignals, clock: CostClock) -> RunResult:
@@ -313,6 +325,7 @@ def _run_loop(s: RunSetup, signals: StopSignals, clock: CostClock) -> RunResult:
             batch = global_batch(s.sampler.next_batch(), sh)
             explore_prob = jax.device_put(np.float32(explore), sh.replicated)
             state, carry, metrics = m.steps.train(H_cycles, L_cycles)(state, carry, batch, explore_prob)
+        s.ckpt.raise_failed_write()
         clock.add_steps(1, analytic_flops(cfg.arch, dims, cfg.global_batch_size, H_cycles, L_cycles)["total"])
         step = s.step = step + 1
         due = s.periodic.due(step)
@@ -420,13 +433,6 @@ def _in_sweep() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def setup_logging() -> None:
-    level = logging.INFO if jax.process_index() == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True)
-    # Orbax logs every save step at INFO through absl; keep its warnings only.
-    logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 @hydra.main(config_path="configs", config_name="quickstart", version_base=None)

@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 from pretrain_jax import train
-from tests.pretrain_runs import assert_trees_equal, checkpoint_steps, losses, restore, train_args
+from tests.pretrain_runs import (
+    TIMEOUT_SCALE,
+    assert_trees_equal,
+    checkpoint_steps,
+    losses,
+    pretrain_cmd,
+    restore,
+    run_env,
+    train_args,
+)
 from training.config import compose, validate
 from training.run_paths import RunLock
 
@@ -216,3 +225,72 @@ def test_config_changes_are_classified_from_the_configs_alone():
     assert config_changes(older, saved) == ({}, {})
     with_shadows = validate(compose("quickstart", ["ema_rates=[0.99]"])).model_dump()
     assert set(config_changes(older, with_shadows)[1]) == {"ema_rates"}
+
+
+# Runs inside its own user and mount namespace, on a small tmpfs mounted there: a real full disk
+# without root on the host. Resumes the copied reference run (steps 2..20) to step 30 after
+# filling the disk, so the first new save (step 22) meets ENOSPC.
+_DISK_FULL_DRIVER = """
+import errno, json, subprocess, sys
+from pathlib import Path
+run_dir, cmd, report = Path(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
+files = lambda: {str(p.relative_to(run_dir)): p.read_bytes().hex() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+before = files()
+with open(run_dir / "filler", "wb", buffering=0) as f:
+    try:
+        while True:
+            f.write(b"x" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    # Room for the run's small files (lock, log rows), not for another checkpoint.
+    f.truncate(f.tell() - int(sys.argv[5]))
+proc = subprocess.run(cmd, capture_output=True, text=True, timeout=float(sys.argv[4]))
+after = files()
+after.pop("filler")
+result = {"code": proc.returncode, "output": proc.stdout + proc.stderr, "before": before, "after": after}
+result["metrics"] = (run_dir / "metrics.jsonl").read_text().splitlines()
+report.write_text(json.dumps(result))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("free_kib", [0, 128], ids=["full-at-start", "full-at-the-next-save"])
+def test_a_full_disk_stops_with_one_line_and_keeps_every_earlier_file(
+    tmp_path, data, reference, compile_cache, free_kib
+):
+    if shutil.which("unshare") is None:
+        pytest.fail("this test needs util-linux's `unshare` (user and mount namespaces) to mount a small tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    run_dir = small / "run"
+    cmd = pretrain_cmd(train_args(data, run_dir, "checkpoint_every_steps=2", "max_steps=30"))
+    driver, report = tmp_path / "driver.py", tmp_path / "report.json"
+    driver.write_text(_DISK_FULL_DRIVER)
+    script = (
+        f"mount -t tmpfs -o size=64m tmpfs {small} && cp -a {reference['run_dir']} {run_dir} && exec "
+        f"{sys.executable} {driver} {run_dir} '{json.dumps(cmd)}' {report} {200 * TIMEOUT_SCALE} {free_kib * 1024}"
+    )
+    proc = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+        env=run_env(compile_cache),
+        capture_output=True,
+        text=True,
+        timeout=250 * TIMEOUT_SCALE,
+    )
+    assert proc.returncode == 0 and report.exists(), f"the namespace driver failed:\n{proc.stdout}\n{proc.stderr}"
+    result = json.loads(report.read_text())
+    out = result["output"]
+    assert result["code"] == 1, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0], out
+    if free_kib:  # found at the step after the failed background write, not at the next save
+        assert "writing checkpoint step 22" in errors[0] and "the last good checkpoint is step 20" in errors[0], out
+        assert max(row["step"] for row in map(json.loads, result["metrics"])) <= 23, out
+    else:
+        assert str(run_dir) in errors[0], out
+    assert "Traceback" not in out, out
+    before, after = result["before"], result["after"]
+    assert {k: after.get(k) for k in before if k.startswith("checkpoints/")} == {
+        k: v for k, v in before.items() if k.startswith("checkpoints/")
+    }

@@ -117,6 +117,7 @@ class Checkpointer:
         self.cfg = cfg
         self.steps_per_eval = steps_per_eval
         self.run_id = run_id
+        self._writing: int | None = None  # the step whose background write is not yet confirmed
         options = ocp.CheckpointManagerOptions(max_to_keep=cfg.max_to_keep, enable_async_checkpointing=True)
         self.manager = with_retries(
             lambda: ocp.CheckpointManager(directory, options=options, item_names=("state", "meta")),
@@ -133,6 +134,7 @@ class Checkpointer:
         already saved (a periodic save just before a stop) is not written twice."""
         if step in self.steps():
             return
+        self.wait()
         tree = {"state": state, "carry": carry}
         meta = dict(
             meta,
@@ -147,6 +149,13 @@ class Checkpointer:
             self.manager.save(step, args=args, force=True)
         except Exception as e:
             raise CheckpointError(f"saving step {step} to {self.directory} failed: {_first_line(e)}") from e
+        self._writing = step
+
+    def raise_failed_write(self) -> None:
+        """Called every step: a background write that failed (a full disk) stops the run at the
+        next step instead of at the next save. Never blocks: it only looks at a finished write."""
+        if self._writing is not None and not self.manager.is_saving_in_progress():
+            self.wait()
 
     def steps(self) -> list[int]:
         return sorted(with_retries(self.manager.all_steps, f"listing {self.directory}"))
@@ -232,10 +241,12 @@ class Checkpointer:
         return f"the last good checkpoint is step {steps[-1]} in {self.directory}"
 
     def wait(self) -> None:
+        step, self._writing = self._writing, None
         try:
             self.manager.wait_until_finished()
         except Exception as e:
-            raise CheckpointError(f"writing a checkpoint to {self.directory} failed: {_first_line(e)}") from e
+            what = "a checkpoint" if step is None else f"checkpoint step {step}"
+            raise CheckpointError(f"writing {what} to {self.directory} failed: {_first_line(e)}") from e
 
     def close(self) -> None:
         try:
@@ -245,8 +256,10 @@ class Checkpointer:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]
+    """Tensorstore's messages put the path first and the cause (`No space left on device`) last,
+    so a long line keeps both ends."""
+    line = (str(e).strip() or type(e).__name__).splitlines()[0]
+    return line if len(line) <= 400 else f"{line[:150]} ... {line[-250:]}"
 
 
 def load_weights(path: str, state, cfg: PretrainConfig):
