@@ -249,6 +249,10 @@ after = files()
 after.pop("filler")
 result = {"code": proc.returncode, "output": proc.stdout + proc.stderr, "before": before, "after": after}
 result["metrics"] = (run_dir / "metrics.jsonl").read_text().splitlines()
+(run_dir / "filler").unlink()  # the user frees space and reruns the same command
+again = subprocess.run(cmd, capture_output=True, text=True, timeout=float(sys.argv[4]))
+result["rerun"] = {"code": again.returncode, "output": again.stdout + again.stderr}
+result["steps_after_rerun"] = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
 report.write_text(json.dumps(result))
 """
 
@@ -290,6 +294,8 @@ def test_a_full_disk_stops_with_one_line_and_keeps_every_earlier_file(
     else:
         assert str(run_dir) in errors[0], out
     assert "Traceback" not in out, out
+    assert result["rerun"]["code"] == 0, result["rerun"]["output"]
+    assert {"20", "22", "30"} <= set(result["steps_after_rerun"]), result["steps_after_rerun"]
     before, after = result["before"], result["after"]
     assert {k: after.get(k) for k in before if k.startswith("checkpoints/")} == {
         k: v for k, v in before.items() if k.startswith("checkpoints/")
