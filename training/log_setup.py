@@ -29,6 +29,7 @@ def _unraisable_hook(default):
             return
         default(unraisable)
 
+    hook.drops_closed_loop_echoes = True
     return hook
 
 
@@ -37,8 +38,9 @@ def setup_logging() -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True)
     # Orbax logs every save step at INFO through absl; keep its warnings only.
     logging.getLogger("absl").setLevel(logging.WARNING)
-    if any(isinstance(f, _FirstLineOnly) for f in logging.getLogger("absl").filters):
-        return
     for name in ("absl", "asyncio"):
-        logging.getLogger(name).addFilter(_FirstLineOnly())
-    sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _FirstLineOnly) for f in logger.filters):
+            logger.addFilter(_FirstLineOnly())
+    if not getattr(sys.unraisablehook, "drops_closed_loop_echoes", False):
+        sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
