@@ -403,6 +403,11 @@ class TrainWindow:
                 f"non-finite loss at step {step}, the update was not applied: lower lr, use a wider "
                 "forward_dtype, or set nonfinite_loss=skip to drop such updates"
             )
+        if metrics["weights_overflow"] and self.cfg.nonfinite_loss == "stop":
+            raise NonFiniteError(
+                f"the update of step {step} would make the weights non-finite (lr={self.cfg.lr:g}), so it was "
+                "not applied: lower lr, or set nonfinite_loss=skip to drop such updates"
+            )
         self.step0 = step - 1 if self.step0 is None else self.step0
         self.sums = accumulate_train(self.sums, metrics)
         if not log_now:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pretrain_jax import train
@@ -24,6 +25,7 @@ from tests.pretrain_runs import (
     run_env,
     train_args,
 )
+from training.checkpointing import Checkpointer, CheckpointError
 from training.config import compose, validate
 from training.run_paths import RunLock
 
@@ -302,3 +304,19 @@ def test_a_full_disk_stops_with_one_line_and_keeps_every_earlier_file(
     assert {k: after.get(k) for k in before if k.startswith("checkpoints/")} == {
         k: v for k, v in before.items() if k.startswith("checkpoints/")
     }
+
+
+@pytest.mark.timeout(120)
+def test_non_finite_weights_are_never_written(tmp_path, data, reference):
+    state, carry, _ = restore(reference["ckpt_dir"])
+    kernel = state["params"]["lm_head"]["kernel"].copy()
+    kernel[0, 0] = np.inf
+    state["params"]["lm_head"]["kernel"] = kernel
+    ckpt_dir = tmp_path / "ckpt"
+    ckpt = Checkpointer(str(ckpt_dir), _cfg(data, tmp_path / "run"), steps_per_eval=10, run_id="test")
+    try:
+        with pytest.raises(CheckpointError, match="step 3 was not saved: its weights or optimizer state are non-fin"):
+            ckpt.save(3, state, carry, {})
+        assert ckpt.steps() == []
+    finally:
+        ckpt.close()

@@ -56,6 +56,25 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
+def test_an_update_that_would_make_the_weights_inf_stops_and_no_checkpoint_holds_them(tmp_path, data, compile_cache):
+    run_dir = tmp_path / "run"
+    overflow = ["lr=3e38", "lr_warmup_steps=1", "checkpoint_every_steps=1"]
+    proc = run(
+        pretrain_cmd(train_args(data, run_dir, *overflow)), run_env(compile_cache), tmp_path / "log.txt", timeout=140
+    )
+    assert proc.returncode == 1, tail(proc.output)
+    errors = [line for line in proc.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "would make the weights non-finite (lr=3e+38)" in errors[0], tail(proc.output)
+    ckpt_dir = str(run_dir / "checkpoints")
+    steps = checkpoint_steps(ckpt_dir)
+    assert steps and f"the last good checkpoint is step {steps[-1]}" in errors[0], tail(proc.output)
+    for step in steps:
+        assert all_finite(restore(ckpt_dir, step)[0])
+    assert not (run_dir / "summary.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
 def test_non_finite_loss_skip_continues_and_counts_skipped_steps(tmp_path, data, compile_cache):
     run_dir = tmp_path / "run"
     proc = run(

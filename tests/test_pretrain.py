@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pretrain_jax import train
+from pretrain_jax import NonFiniteError, TrainWindow, train
 from training.config import compose, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,3 +146,19 @@ def test_arc_run_reports_pass_at_k_and_writes_submission(tmp_path):
     tasks = json.loads((tmp_path / "arc_evaluation_challenges.json").read_text())
     assert set(submission) == set(tasks)
     assert all(set(att) == {"attempt_1", "attempt_2"} for task in submission.values() for att in task)
+
+
+@pytest.mark.parametrize(
+    "mode, params_finite, weights_overflow, message",
+    [
+        ("skip", False, False, "the weights became non-finite before step 7 (nonfinite_loss=skip cannot recover"),
+        ("stop", False, False, "the weights became non-finite before step 7"),
+        ("stop", True, True, "the update of step 7 would make the weights non-finite (lr=0.1), so it was not applied"),
+    ],
+)
+def test_non_finite_weights_stop_even_under_skip(tmp_path, data, mode, params_finite, weights_overflow, message):
+    cfg = _cfg(tmp_path, data, f"nonfinite_loss={mode}", "lr=0.1")
+    metrics = {"params_finite": params_finite, "loss_finite": True, "weights_overflow": weights_overflow}
+    with pytest.raises(NonFiniteError) as e:
+        TrainWindow(cfg, logger=None).add(7, metrics, {}, log_now=False)
+    assert message in str(e.value)

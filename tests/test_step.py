@@ -92,9 +92,23 @@ def test_nonfinite_update_is_skipped():
     )
     new_state, new_carry, m = step(poisoned, carry, global_batch(next(_batches(1)), sh), np.float32(0.0))
     assert bool(m["skipped"]) and not bool(m["loss_finite"])
+    assert not bool(m["params_finite"])  # what stops the run even under `skip`
     assert int(new_state.step) == 1
     np.testing.assert_array_equal(new_state.puzzle_emb, before.puzzle_emb)
     assert bool(jnp.all(new_carry.halted))  # non-finite latents are discarded
+
+
+@pytest.mark.timeout(300)
+def test_an_update_that_would_overflow_the_weights_is_not_applied():
+    cfg, model, sh, state, carry, step = _setup(None, ["lr=3e38", "lr_warmup_steps=1", "nonfinite_loss=skip"])
+    before = jax.device_get(state)
+    new_state, carry, m = step(state, carry, global_batch(next(_batches(1)), sh), np.float32(0.0))
+    assert bool(m["loss_finite"]) and bool(m["weights_overflow"]) and bool(m["skipped"])
+    after = jax.device_get(new_state)
+    for name in ("params", "opt_state", "puzzle_emb", "ema_params"):
+        jax.tree.map(np.testing.assert_array_equal, getattr(after, name), getattr(before, name))
+    _, _, m = step(new_state, carry, global_batch(next(_batches(1)), sh), np.float32(0.0))
+    assert bool(m["params_finite"])
 
 
 @pytest.mark.timeout(300)

@@ -104,6 +104,12 @@ def checksums(tree) -> list[jax.Array]:
     return [_checksum(x) for x in jax.tree.leaves(tree)]
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats]))
+
+
 class Checkpointer:
     """Owns a run's checkpoints: when to save (every eval interval, the official
     `checkpoint_every_eval`; every `checkpoint_every_steps`; the final step), what a step holds
@@ -135,6 +141,10 @@ class Checkpointer:
         if step in self.steps():
             return
         self.wait()
+        # The state is checked before it is written: a checkpoint of inf/NaN weights would pass
+        # every later check (its checksums match) and poison each resume.
+        if not bool(_all_finite(state)):
+            raise CheckpointError(f"step {step} was not saved: its weights or optimizer state are non-finite")
         tree = {"state": state, "carry": carry}
         meta = dict(
             meta,

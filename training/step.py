@@ -126,12 +126,16 @@ def make_train_step(
         g, g_rows = jax.tree.map(lambda x: x / state.loss_scale, (g, g_rows))
 
         loss_finite = jnp.isfinite(metrics["lm_loss"]) & jnp.isfinite(metrics["q_halt_loss"])
-        ok = loss_finite & _all_finite((g, g_rows))
         updates, opt_state = tx.update(g, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         puzzle_emb = sign_sgd_sparse_update(
             state.puzzle_emb, ids, g_rows, puzzle_lr_fn(state.step), cfg.puzzle_emb_weight_decay
         )
+        finite_step = loss_finite & _all_finite((g, g_rows))
+        # A finite step whose update overflows the weights (a huge lr) is dropped too: weights
+        # that became inf could never be recovered, and a checkpoint of them would be poison.
+        weights_overflow = finite_step & ~_all_finite((params, puzzle_emb, opt_state))
+        ok = finite_step & ~weights_overflow
         ema = _ema(cfg.ema_rate, state.ema_params, params) if cfg.ema else {}
         ema_shadows = {label: _ema(rate, state.ema_shadows[label], params) for label, rate in shadows.items()}
 
@@ -156,6 +160,7 @@ def make_train_step(
             lr=lr_fn(state.step),
             loss_finite=loss_finite,
             params_finite=_all_finite(state.params),
+            weights_overflow=weights_overflow,
             skipped=~ok,
             loss_scale=loss_scale,
             new_rows=new_rows,
