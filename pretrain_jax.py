@@ -184,7 +184,7 @@ def _setup(cfg: PretrainConfig, raw: DictConfig | None, on_error: contextlib.Exi
 
     # Resume exactly from the newest checkpoint, else optionally start from given weights
     spe = steps_per_eval(total_steps=total_steps, epochs=cfg.epochs, eval_interval=cfg.eval_interval)
-    ckpt = Checkpointer(paths.checkpoint_dir, cfg, steps_per_eval=spe, run_id=rid)
+    ckpt = Checkpointer(paths.checkpoint_dir, cfg, steps_per_eval=spe, run_id=rid, dataset=meta.model_dump())
     on_error.callback(ckpt.close)
     restored = ckpt.restore_latest(m.state, m.carry, strict=_in_sweep())
     if restored is not None:

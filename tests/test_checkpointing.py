@@ -313,10 +313,64 @@ def test_non_finite_weights_are_never_written(tmp_path, data, reference):
     kernel[0, 0] = np.inf
     state["params"]["lm_head"]["kernel"] = kernel
     ckpt_dir = tmp_path / "ckpt"
-    ckpt = Checkpointer(str(ckpt_dir), _cfg(data, tmp_path / "run"), steps_per_eval=10, run_id="test")
+    ckpt = Checkpointer(str(ckpt_dir), _cfg(data, tmp_path / "run"), steps_per_eval=10, run_id="test", dataset={})
     try:
         with pytest.raises(CheckpointError, match="step 3 was not saved: its weights or optimizer state are non-fin"):
             ckpt.save(3, state, carry, {})
         assert ckpt.steps() == []
+    finally:
+        ckpt.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_dataset_rebuilt_at_the_same_path_is_refused_before_anything_is_touched(tmp_path):
+    from dataset.build_sudoku_dataset import build, generate
+    from dataset.quickstart import build_quickstart_dataset
+
+    data, run_dir = tmp_path / "data", tmp_path / "run"
+    build_quickstart_dataset(str(data))
+    assert train(_cfg(str(data), run_dir, "max_steps=4", "checkpoint_every_steps=2")).status == "completed"
+    ckpt_dir = run_dir / "checkpoints"
+    shutil.rmtree(data)  # "rebuilt": 9x9 Sudoku where the 4x4 quick-start data was
+    generate(str(tmp_path / "csv"), num_train=3, num_test=2, min_rating=1, seed=7)
+    build(str(tmp_path / "csv"), str(data), num_aug=9, seed=0)
+    before = _files(ckpt_dir)
+
+    result = train(_cfg(str(data), run_dir, "max_steps=4"))
+    assert result.status == "failed"
+    assert "the training data's dataset.json changed since it was saved" in result.error
+    assert "seq_len: 16 -> 81" in result.error and "run_dir=NEW_DIR" in result.error
+    assert _files(ckpt_dir) == before and not Path(f"{ckpt_dir}-quarantine").exists()
+
+    # A checkpoint that predates the dataset record: its array shapes still tell, before any read.
+    for meta in ckpt_dir.glob("*/meta/metadata"):
+        saved = json.loads(meta.read_text())
+        del saved["dataset"]
+        meta.write_text(json.dumps(saved))
+    before = _files(ckpt_dir)
+    result = train(_cfg(str(data), run_dir, "max_steps=4"))
+    assert result.status == "failed"
+    assert "cannot resume checkpoint step 4" in result.error and "its arrays do not fit this run" in result.error
+    assert "saved (16, 16) int32, now (16, 81) int32" in result.error
+    assert _files(ckpt_dir) == before and not Path(f"{ckpt_dir}-quarantine").exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_transient_read_error_on_gcs_is_retried_not_quarantined(tmp_path, data, gcs_emulator, monkeypatch):
+    monkeypatch.setattr("training.checkpointing.time.sleep", lambda s: None)
+    directory = f"gs://{gcs_emulator['bucket']}/transient/checkpoints"
+    ckpt = Checkpointer(directory, _cfg(data, tmp_path / "run"), steps_per_eval=10, run_id="test", dataset={})
+    calls = []
+
+    def flaky(step):
+        calls.append(step)
+        if len(calls) == 1:
+            raise ValueError("UNAVAILABLE: connection reset by peer")
+        return {"meta": "ok"}
+
+    try:
+        assert ckpt._read(7, "metadata", flaky) == {"meta": "ok"}
+        assert calls == [7, 7]
     finally:
         ckpt.close()

@@ -44,7 +44,7 @@ def _state(cfg, seed: int, dims: ModelDims = DIMS):
 
 
 def _save(directory: str, cfg, steps=(3, 5)) -> dict[int, object]:
-    ckpt = Checkpointer(directory, cfg, steps_per_eval=1, run_id="export-test")
+    ckpt = Checkpointer(directory, cfg, steps_per_eval=1, run_id="export-test", dataset={})
     states = {}
     for step in steps:
         states[step], carry = _state(cfg, seed=step)

@@ -107,7 +107,7 @@ def test_the_checkpoint_size_estimate_matches_a_real_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     shapes = jax.eval_shape(lambda: initial_carry(build_model(cfg.arch, dims), cfg.global_batch_size))
     carry = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
-    ckpt = Checkpointer(str(tmp_path / "ckpt"), cfg, steps_per_eval=1, run_id="preflight-test")
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), cfg, steps_per_eval=1, run_id="preflight-test", dataset={})
     ckpt.save(1, state, carry, {"sampler": {}})
     ckpt.close()
     actual = sum(p.stat().st_size for p in (tmp_path / "ckpt" / "1").rglob("*") if p.is_file())

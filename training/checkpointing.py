@@ -43,6 +43,25 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: 
     raise AssertionError("unreachable")
 
 
+def _leaf_shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    def name(k) -> str:
+        return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+
+    leaves = jax.tree.flatten_with_path(tree)[0]
+    return {"/".join(map(name, path)): (tuple(x.shape), str(x.dtype)) for path, x in leaves}
+
+
+def shape_differences(saved, wanted) -> list[str]:
+    """Leaves of a checkpoint's array metadata that differ from `wanted` (arrays or shape
+    structs), by path: shape or dtype, or present on one side only."""
+    a, b = _leaf_shapes(saved), _leaf_shapes(wanted)
+    out = [
+        f"{k}: saved {a[k][0]} {a[k][1]}, now {b[k][0]} {b[k][1]}" for k in sorted(a.keys() & b.keys()) if a[k] != b[k]
+    ]
+    out += [f"{k}: only in the checkpoint" for k in sorted(a.keys() - b.keys())]
+    return out + [f"{k}: not in the checkpoint" for k in sorted(b.keys() - a.keys())]
+
+
 def _abstract(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
@@ -118,15 +137,19 @@ class Checkpointer:
     steps beyond `max_to_keep` after a newer one is committed, and a step that cannot be used is
     moved aside into `<checkpoint dir>-quarantine/` with the reason next to it."""
 
-    def __init__(self, directory: str, cfg: PretrainConfig, *, steps_per_eval: int, run_id: str):
+    def __init__(
+        self, directory: str, cfg: PretrainConfig, *, steps_per_eval: int, run_id: str, dataset: dict[str, Any]
+    ):
         self.directory = directory
         self.cfg = cfg
         self.steps_per_eval = steps_per_eval
         self.run_id = run_id
+        self.dataset = dataset  # the training set's dataset.json: a rebuilt dataset is not resumed
         self._writing: int | None = None  # the step whose background write is not yet confirmed
         options = ocp.CheckpointManagerOptions(max_to_keep=cfg.max_to_keep, enable_async_checkpointing=True)
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = with_retries(
-            lambda: ocp.CheckpointManager(directory, options=options, item_names=("state", "meta")),
+            lambda: ocp.CheckpointManager(directory, options=options, item_handlers=handlers),
             f"opening checkpoint directory {directory}",
         )
 
@@ -152,6 +175,7 @@ class Checkpointer:
             config=self.cfg.model_dump(),
             config_hash=self.cfg.hash(),
             run_id=self.run_id,
+            dataset=self.dataset,
             checksums=[int(c) for c in jax.device_get(checksums(tree))],
         )
         args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
@@ -182,17 +206,24 @@ class Checkpointer:
                 "checkpoint_root), or resume=auto to continue them"
             )
         for step in reversed(steps):
-            meta = self._read_meta(step)
-            if meta is None:
+            read = self._read(
+                step, "metadata", self.manager.restore, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )
+            if read is None:
                 continue
+            meta = read["meta"]
             self._check_resumable(meta, step, strict=strict)
             target = {"state": _abstract(state), "carry": _abstract(carry)}
-            try:
-                restore = ocp.args.Composite(state=ocp.args.StandardRestore(target))
-                item = self.manager.restore(step, args=restore)["state"]
-            except Exception as e:
-                self._quarantine(step, f"its arrays cannot be read ({_first_line(e)})")
+            saved = self._read(step, "array metadata", self.manager.item_metadata)
+            if saved is None:
                 continue
+            self._check_shapes(saved["state"], target, step)
+            read = self._read(
+                step, "arrays", self.manager.restore, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            )
+            if read is None:
+                continue
+            item = read["state"]
             if "checksums" in meta and [int(c) for c in jax.device_get(checksums(item))] != meta["checksums"]:
                 self._quarantine(step, "its arrays do not match the checksums saved with them (corrupted data)")
                 continue
@@ -201,23 +232,51 @@ class Checkpointer:
             raise CheckpointError(f"resume=must, but {self.directory} holds no usable checkpoint")
         return None
 
-    def _read_meta(self, step: int) -> dict[str, Any] | None:
-        try:
-            return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as e:
-            self._quarantine(step, f"its metadata cannot be read ({_first_line(e)})")
-            return None
+    def _read(self, step: int, what: str, fn: Callable[..., T], **kwargs) -> T | None:
+        """`fn(step, **kwargs)`, or None after moving the step aside when it cannot be read. On gs:// a failed
+        read is retried first: a transient storage error must not cost a good step."""
+        attempts = 3 if self.directory.startswith("gs://") else 1
+        for i in range(attempts):
+            try:
+                return fn(step, **kwargs)
+            except Exception as e:
+                error = e
+                if i < attempts - 1:
+                    log.warning("reading the %s of step %d failed (%s); retrying", what, step, _first_line(e))
+                    time.sleep(2**i)
+        self._quarantine(step, f"its {what} cannot be read ({_first_line(error)})")
+        return None
 
-    def _check_resumable(self, meta: dict[str, Any], step: int, *, strict: bool) -> None:
-        where = f"checkpoint step {step} in {self.directory}"
-        ways_out = (
+    def _ways_out(self) -> str:
+        return (
             "Either train in a new run_dir (run_dir=NEW_DIR), or start a new run from these weights: "
             f"run_dir=NEW_DIR load_checkpoint={self.directory}"
         )
+
+    def _check_shapes(self, saved, target, step: int) -> None:
+        """Arrays that no longer fit (a dataset rebuilt at the same path with other sizes) make
+        the step incompatible, not unreadable: refused before any array is read."""
+        differences = shape_differences(saved, target)
+        if differences:
+            raise CheckpointError(
+                f"cannot resume checkpoint step {step} in {self.directory}: its arrays do not fit this run "
+                f"({'; '.join(differences[:4])}): the dataset or the code changed shapes. {self._ways_out()}"
+            )
+
+    def _check_resumable(self, meta: dict[str, Any], step: int, *, strict: bool) -> None:
+        where = f"checkpoint step {step} in {self.directory}"
+        ways_out = self._ways_out()
         if meta.get("run_id", self.run_id) != self.run_id:
             raise CheckpointError(
                 f"{where} belongs to another run (run id {meta['run_id']}, this run_dir's is {self.run_id}): two "
                 f"runs share this checkpoint directory. {ways_out}"
+            )
+        if meta.get("dataset", self.dataset) != self.dataset:
+            changed = config_changes(meta["dataset"], self.dataset)[1]
+            changes = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise CheckpointError(
+                f"cannot resume {where}: the training data's dataset.json changed since it was saved ({changes}): "
+                f"the dataset at data_paths was rebuilt. {ways_out}"
             )
         resumable, incompatible = config_changes(meta.get("config", {}), self.cfg.model_dump())
         if strict:
@@ -321,17 +380,11 @@ def _saved_weights(path: str, state) -> tuple[Any, Any, np.ndarray]:
             raise CheckpointError(f"load_checkpoint={path}: no checkpoint step found there")
         saved = manager.item_metadata(step)["state"]["state"]
         want = {"params": state.params, "buffers": state.buffers}
-        mismatched = [
-            f"{jax.tree_util.keystr(k)} {tuple(a.shape)} (ours {tuple(b.shape)})"
-            for (k, a), b in zip(
-                jax.tree.flatten_with_path({k: saved[k] for k in want})[0], jax.tree.leaves(want), strict=False
-            )
-            if tuple(a.shape) != tuple(b.shape)
-        ]
-        if jax.tree.structure(want) != jax.tree.structure({k: saved[k] for k in want}) or mismatched:
+        mismatched = shape_differences({k: saved[k] for k in want}, want)
+        if mismatched:
             raise CheckpointError(
                 f"load_checkpoint={path} is a checkpoint of another architecture: "
-                f"{', '.join(mismatched[:5]) or 'different parameters'}; pick a checkpoint of this model's arch"
+                f"{', '.join(mismatched[:5])}; pick a checkpoint of this model's arch"
             )
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["state"]
     return restored["params"], restored["buffers"], np.asarray(restored["puzzle_emb"])
