@@ -9,7 +9,9 @@ import signal
 import pytest
 
 from tests.pretrain_runs import (
+    assert_losses_close,
     assert_ok,
+    assert_trees_close,
     assert_trees_equal,
     checkpoint_steps,
     child_pids,
@@ -171,3 +173,30 @@ def test_sigterm_to_every_process_stops_all_at_one_step_and_saves_it(tmp_path, d
         run(launcher_cmd(2, 2, args, tmp_path / "logs", timeout=200), env, tmp_path / "restarted.txt", timeout=220)
     )
     assert_same_run(run_dir, run_dir / "checkpoints", want_dir, want_dir / "checkpoints")
+
+
+def _layout_cmd(layout: tuple[int, int], args: list[str], log_dir) -> list[str]:
+    processes, devices = layout
+    if processes == 1 and devices == 1:
+        return pretrain_cmd(args)
+    return launcher_cmd(processes, devices, args, log_dir, timeout=200)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("first, then", [((1, 1), (2, 1)), ((2, 1), (1, 1))], ids=["1->2", "2->1"])
+def test_resume_on_another_process_count(tmp_path, data, compile_cache, reference, first, then):
+    """Preempted at step 10 on one layout, resumed on another: the data order is a function of
+    the global batch, so the run ends where the uninterrupted one does (up to reduction order)."""
+    run_dir, env = tmp_path / "run", run_env(compile_cache)
+    args = train_args(data, run_dir)
+    assert_ok(run(_layout_cmd(first, [*args, "max_steps=10"], tmp_path / "logs_a"), env, tmp_path / "a.txt", 220))
+    assert checkpoint_steps(str(run_dir / "checkpoints")) == [10]
+    assert_ok(run(_layout_cmd(then, args, tmp_path / "logs_b"), env, tmp_path / "b.txt", timeout=220))
+    output = (tmp_path / "b.txt").read_text() + "".join(p.read_text() for p in tmp_path.glob("logs_b/*.log"))
+    assert f"resumed from {run_dir / 'checkpoints'} step 10" in output
+
+    state, _, step = restore(str(run_dir / "checkpoints"))
+    assert step == reference["step"]
+    assert_trees_close(state["params"], reference["state"]["params"], rtol=1e-4, atol=1e-6)
+    assert_losses_close(losses(run_dir), reference["losses"], 1e-4)
