@@ -441,17 +441,21 @@ def _in_sweep() -> bool:
 
 
 @hydra.main(config_path="configs", config_name="quickstart", version_base=None)
-def main(raw: DictConfig) -> None:
+def main(raw: DictConfig) -> int:
     try:
         raw = apply_smoke(raw)
         cfg = validate(raw)
         result = train(cfg, raw=raw)
+        code, error = result.exit_code, result.error
     except EXPECTED_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    if result.error:
-        print(f"error: {result.error}", file=sys.stderr)
-    sys.exit(result.exit_code)
+        code, error = 1, str(e)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+    # In a sweep the next job runs after a failed one (training/sweep.py reports it at the end);
+    # a signal (preemption, Ctrl-C) ends the whole sweep.
+    if _in_sweep() and code < 128:
+        return code
+    sys.exit(code)
 
 
 if __name__ == "__main__":

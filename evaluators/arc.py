@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dataset.arc_grids import crop, grid_hash, grid_to_np, parse_augmentation
+from dataset.errors import MissingFileError
 from dataset.format import PuzzleDatasetMetadata
 from dataset.storage import read_text
 
@@ -34,8 +35,14 @@ class ArcEvaluator:
         self.pass_Ks = tuple(pass_Ks)
         self.aggregated_voting = aggregated_voting
         root = data_path.rstrip("/")
-        self.identifiers = json.loads(read_text(f"{root}/identifiers.json"))
-        self.test_tasks = json.loads(read_text(f"{root}/test_puzzles.json"))
+        try:
+            self.identifiers = json.loads(read_text(f"{root}/identifiers.json"))
+            self.test_tasks = json.loads(read_text(f"{root}/test_puzzles.json"))
+        except MissingFileError as e:
+            raise MissingFileError(
+                f"the arc evaluator needs an ARC dataset (built by dataset/build_arc_dataset.py): {e}. Point "
+                "data_paths (or data_paths_test) at one, or drop `arc` from evaluators"
+            ) from e
         self._grids: dict[str, np.ndarray] = {}  # prediction hash -> grid
         self._votes: dict[str, dict[str, list[tuple[str, float]]]] = {}  # task -> input hash -> [(pred hash, q)]
 

@@ -115,3 +115,12 @@ def test_two_processes_gather_every_prediction(arc_data, tmp_path, capfd):
     assert code == 0, out + (tmp_path / "logs" / "process_1.log").read_text()
     assert 'RESULT 0 {"ARC/pass@1": 1.0, "ARC/pass@2": 1.0, "ARC/pass@5": 1.0}' in out
     assert "RESULT 1 null" in (tmp_path / "logs" / "process_1.log").read_text()
+
+
+def test_the_arc_evaluator_on_other_data_says_what_it_needs(data):
+    from dataset.errors import DatasetError
+
+    with pytest.raises(DatasetError) as e:
+        ArcEvaluator(data, PuzzleDataset([data], "test").metadata)
+    assert "the arc evaluator needs an ARC dataset (built by dataset/build_arc_dataset.py)" in str(e.value)
+    assert "test_puzzles.json: file not found" in str(e.value) and "drop `arc` from evaluators" in str(e.value)

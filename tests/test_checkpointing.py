@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pretrain_jax import train
 from tests.pretrain_runs import (
@@ -22,7 +23,9 @@ from tests.pretrain_runs import (
     losses,
     pretrain_cmd,
     restore,
+    run,
     run_env,
+    tail,
     train_args,
 )
 from training.checkpointing import Checkpointer, CheckpointError
@@ -90,10 +93,14 @@ def test_other_dataset_is_refused(tmp_path, data, copied):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_compatible_change_resumes_and_keeps_every_step(data, copied, reference):
+def test_compatible_change_resumes_and_keeps_every_step(data, copied, reference, capfd):
     run_dir, before = copied
-    result = train(_cfg(data, run_dir, "max_steps=22", "lr=2e-3", "log_every_steps=2"))
+    result = train(_cfg(data, run_dir, "max_steps=22", "lr=2e-3", "log_every_steps=2", "load_checkpoint=/elsewhere"))
     assert result.status == "completed" and result.step == 22
+    logged = capfd.readouterr().err
+    for key, old, new in (("lr", "0.001", "0.002"), ("max_steps", "20", "22"), ("log_every_steps", "1", "2")):
+        assert f"resuming checkpoint step 20 in {run_dir / 'checkpoints'} with {key} changed: {old} -> {new}" in logged
+    assert "load_checkpoint=/elsewhere is ignored: resuming this run_dir's own checkpoint" in logged
     after = _files(run_dir / "checkpoints")
     assert {k: v for k, v in after.items() if k in before} == before
     assert checkpoint_steps(str(run_dir / "checkpoints"))[-1] == 22
@@ -318,6 +325,7 @@ def test_non_finite_weights_are_never_written(tmp_path, data, reference):
         with pytest.raises(CheckpointError, match="step 3 was not saved: its weights or optimizer state are non-fin"):
             ckpt.save(3, state, carry, {})
         assert ckpt.steps() == []
+        assert ckpt.last_good() == f"no checkpoint has been written to {ckpt_dir} yet"
     finally:
         ckpt.close()
 
@@ -374,3 +382,23 @@ def test_a_transient_read_error_on_gcs_is_retried_not_quarantined(tmp_path, data
         assert calls == [7, 7]
     finally:
         ckpt.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_sweep_runs_every_job_and_no_job_resumes_another_jobs_state(tmp_path, data, compile_cache):
+    shared = tmp_path / "shared"
+    sweep = ["max_steps=2", "lr=1e-3,2e-3", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = run(pretrain_cmd(["-m", *train_args(data, shared), *sweep]), run_env(compile_cache), tmp_path / "a.txt", 200)
+    assert proc.returncode == 1, tail(proc.output)
+    assert "a sweep job must not resume another job's state: lr: 0.001 -> 0.002" in proc.output, tail(proc.output)
+    assert "error: sweep job [" in proc.output and "lr=0.002] failed (exit code 1)" in proc.output
+    assert json.loads((shared / "summary.json").read_text())["status"] == "completed"  # job 0's, untouched
+    assert yaml.safe_load((shared / "config.yaml").read_text())["lr"] == 1e-3
+
+    # One run_dir per job: both train, and the sweep exits 0.
+    args = ["-m", *train_args(data, tmp_path / "lr_${lr}"), *sweep]
+    proc = run(pretrain_cmd(args), run_env(compile_cache), tmp_path / "b.txt", 200)
+    assert proc.returncode == 0, tail(proc.output)
+    for lr in ("0.001", "0.002"):
+        assert json.loads((tmp_path / f"lr_{lr}" / "summary.json").read_text())["status"] == "completed"

@@ -162,3 +162,10 @@ def test_non_finite_weights_stop_even_under_skip(tmp_path, data, mode, params_fi
     with pytest.raises(NonFiniteError) as e:
         TrainWindow(cfg, logger=None).add(7, metrics, {}, log_now=False)
     assert message in str(e.value)
+
+
+def test_float16_attention_on_cpu_is_refused_before_anything_is_made(tmp_path, data):
+    result = train(_cfg(tmp_path / "run", data, "arch.forward_dtype=float16", "arch.mlp_t=false"))
+    assert result.status == "failed" and result.exit_code == 1
+    assert "float16 attention does not run on CPU" in result.error and "use bfloat16 or float32" in result.error
+    assert not (tmp_path / "run").exists()
