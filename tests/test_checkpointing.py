@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +26,11 @@ from tests.pretrain_runs import (
     restore,
     run,
     run_env,
+    start,
     tail,
     train_args,
+    train_rows,
+    wait_for_step,
 )
 from training.checkpointing import Checkpointer, CheckpointError
 from training.config import compose, validate
@@ -164,9 +168,12 @@ def test_a_run_does_not_resume_another_runs_checkpoints(tmp_path, data, copied):
     other = tmp_path / "other"
     result = train(_cfg(data, other, f"checkpoint_root={tmp_path / 'root'}"))
     assert result.status == "completed"
+    others = _files(tmp_path / "root")
+    assert others
     shared = _cfg(data, tmp_path / "third", f"checkpoint_root={tmp_path / 'root'}")
     result = train(shared)
     assert result.status == "failed" and "belongs to another run" in result.error
+    assert _files(tmp_path / "root") == others
     assert _files(run_dir / "checkpoints") == before
 
 
@@ -196,6 +203,29 @@ def test_second_run_on_the_same_run_dir_is_refused_and_a_stale_lock_is_taken_ove
     assert lock.held
     lock.release()
     assert not (run_dir / "run.lock").exists()
+    # A lock of another host cannot be checked from here: it is respected.
+    (run_dir / "run.lock").write_text(json.dumps({"host": "other-host", "pid": 1, "start": "1"}))
+    result = train(_cfg(data, run_dir, "max_steps=1"))
+    assert result.status == "failed" and "is in use by pid 1 on host other-host" in result.error
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_second_process_on_a_run_dir_in_use_is_refused_and_changes_nothing(tmp_path, data, compile_cache):
+    run_dir = tmp_path / "run"
+    args = train_args(data, run_dir, "max_steps=100000", "checkpoint_every_steps=2")
+    first = start(pretrain_cmd(args), run_env(compile_cache), tmp_path / "first.txt")
+    try:
+        wait_for_step(first, run_dir, 2, timeout=120)
+        second = run(pretrain_cmd(args), run_env(compile_cache), tmp_path / "second.txt", timeout=100)
+        assert second.returncode == 1, tail(second.output)
+        assert f"is in use by pid {first.pid} on host {os.uname().nodename}" in second.output, tail(second.output)
+        assert first.poll() is None, "the first run stopped"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    steps = [row["step"] for row in train_rows(run_dir)]
+    assert steps == sorted(set(steps)), "two runs wrote metrics.jsonl"
 
 
 @pytest.mark.timeout(300)
