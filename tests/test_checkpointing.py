@@ -158,6 +158,11 @@ def test_unusable_newest_step_is_moved_aside_and_the_previous_one_used(data, cop
     assert step == newest
     assert_trees_equal(state, reference["state"])
     assert losses(run_dir) == reference["losses"]
+    # The rows the first run logged past the step it resumed from were moved aside, not repeated.
+    steps = [row["step"] for row in train_rows(run_dir)]
+    assert steps == sorted(set(steps)) == list(range(1, newest + 1))
+    (aside,) = run_dir.glob(f"metrics.jsonl.after-step-{newest - 2}.*")
+    assert [json.loads(line)["step"] for line in aside.read_text().splitlines()] == [newest - 1, newest, newest]
 
 
 @pytest.mark.slow

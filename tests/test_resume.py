@@ -83,18 +83,26 @@ def test_two_processes_killed_together_then_restarted_end_bitwise_equal(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("periodic", [[], ["checkpoint_every_steps=1"]], ids=["final_save_only", "also_periodic"])
-def test_sigterm_saves_the_step_reached_and_exits_143(tmp_path, data, compile_cache, reference, periodic):
+@pytest.mark.parametrize(
+    "signum, periodic",
+    [(signal.SIGTERM, []), (signal.SIGTERM, ["checkpoint_every_steps=1"]), (signal.SIGINT, [])],
+    ids=["sigterm_final_save_only", "sigterm_also_periodic", "ctrl_c"],
+)
+def test_a_signal_saves_the_step_reached_and_exits_128_plus_signum(
+    tmp_path, data, compile_cache, reference, signum, periodic
+):
     run_dir, env = tmp_path / "run", run_env(compile_cache)
     cmd = pretrain_cmd(train_args(data, run_dir, *periodic))
     proc = start(cmd, env, tmp_path / "terminated.txt")
     try:
         wait_for_step(proc, run_dir, 2, timeout=120)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 143, (tmp_path / "terminated.txt").read_text()[-3000:]
+        os.killpg(proc.pid, signum)  # the whole process group, as Ctrl-C in a terminal does
+        assert proc.wait(timeout=60) == 128 + signum, (tmp_path / "terminated.txt").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    output = (tmp_path / "terminated.txt").read_text()
+    assert "Traceback" not in output and "rerun the same command to resume" in output, output[-3000:]
     reached = max(losses(run_dir))  # the loop logs every finished step before it saves and exits
     assert checkpoint_steps(str(run_dir / "checkpoints"))[-1] == reached
     if not periodic:
