@@ -12,11 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import yaml
 
-from pretrain_jax import train
+from dataset.puzzle_dataset import PuzzleDataset
+from models.trm import ModelDims
+from pretrain_jax import setup_model, train
 from tests.pretrain_runs import (
     TIMEOUT_SCALE,
     assert_trees_equal,
@@ -32,9 +35,10 @@ from tests.pretrain_runs import (
     train_rows,
     wait_for_step,
 )
-from training.checkpointing import Checkpointer, CheckpointError
+from training.checkpointing import Checkpointer, CheckpointError, load_weights
 from training.config import compose, validate
 from training.run_paths import RunLock
+from training.sharding import make_shardings
 
 
 def _cfg(data, run_dir, *overrides):
@@ -163,6 +167,13 @@ def test_unusable_newest_step_is_moved_aside_and_the_previous_one_used(data, cop
     assert steps == sorted(set(steps)) == list(range(1, newest + 1))
     (aside,) = run_dir.glob(f"metrics.jsonl.after-step-{newest - 2}.*")
     assert [json.loads(line)["step"] for line in aside.read_text().splitlines()] == [newest - 1, newest, newest]
+    if how == "empty_meta":  # its arrays are intact: a new run can start from the quarantined step
+        cfg = _cfg(data, run_dir.parent / "new", f"load_checkpoint={quarantined[0]}")
+        meta = PuzzleDataset([data], "train").metadata
+        dims = ModelDims(meta.vocab_size, meta.seq_len, meta.num_puzzle_identifiers)
+        fresh = setup_model(cfg, dims, total_steps=100, sh=make_shardings()).state
+        loaded = load_weights(str(quarantined[0]), fresh, cfg)
+        assert_trees_equal(jax.device_get(loaded.params), reference["state"]["params"])
 
 
 @pytest.mark.slow

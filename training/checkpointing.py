@@ -334,9 +334,10 @@ def _first_line(e: BaseException) -> str:
 def load_weights(path: str, state, cfg: PretrainConfig):
     """`load_checkpoint=PATH`: start from saved weights with a fresh optimizer and data stream.
 
-    PATH is a checkpoint directory of this project (its newest step), one step directory of it,
-    or an `.npz` of an official PyTorch state_dict (see models/torch_import.py). A puzzle-embedding
-    table whose size differs is re-initialised to its mean row, as the official code does.
+    PATH is a checkpoint directory of this project (its newest step), one step directory of it
+    (a quarantined one too), or an `.npz` of an official PyTorch state_dict (see
+    models/torch_import.py). A puzzle-embedding table whose size differs is re-initialised to its
+    mean row, as the official code does.
     Nothing is created at PATH: a missing path is an error.
     """
     if not epath.Path(path).exists():
@@ -370,15 +371,11 @@ def load_weights(path: str, state, cfg: PretrainConfig):
 
 def _saved_weights(path: str, state) -> tuple[Any, Any, np.ndarray]:
     """params, buffers and puzzle table of this project's checkpoint at `path` (a manager
-    directory or one of its step directories), checked against `state`'s shapes."""
-    p = epath.Path(path)
-    root, step = (p.parent, int(p.name)) if p.name.isdigit() else (p, None)
-    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-    with ocp.CheckpointManager(root, item_handlers=handlers) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None or step not in manager.all_steps():
-            raise CheckpointError(f"load_checkpoint={path}: no checkpoint step found there")
-        saved = manager.item_metadata(step)["state"]["state"]
+    directory, one of its step directories, or a quarantined step), checked against `state`'s shapes."""
+    item = _state_item(path)
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        saved = handler.metadata(item)["state"]
         want = {"params": state.params, "buffers": state.buffers}
         mismatched = shape_differences({k: saved[k] for k in want}, want)
         if mismatched:
@@ -386,5 +383,20 @@ def _saved_weights(path: str, state) -> tuple[Any, Any, np.ndarray]:
                 f"load_checkpoint={path} is a checkpoint of another architecture: "
                 f"{', '.join(mismatched[:5])}; pick a checkpoint of this model's arch"
             )
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["state"]
+        restored = handler.restore(item)["state"]
+    finally:
+        handler.close()
     return restored["params"], restored["buffers"], np.asarray(restored["puzzle_emb"])
+
+
+def _state_item(path: str) -> epath.Path:
+    """The `state` item directory of the step at `path`: a step directory (its name need not be a
+    number, so a quarantined step loads too), or the newest step of a checkpoint directory."""
+    p = epath.Path(path)
+    if (p / "state").is_dir():
+        return p / "state"
+    with ocp.CheckpointManager(p) as manager:
+        step = manager.latest_step()
+    if step is None:
+        raise CheckpointError(f"load_checkpoint={path}: no checkpoint step found there")
+    return p / str(step) / "state"
