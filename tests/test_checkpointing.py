@@ -66,22 +66,22 @@ def _array_files(step_dir: Path) -> list[Path]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
-    "change, key",
+    "change, difference",
     [
-        ("global_batch_size=8", "global_batch_size"),
-        ("arch.hidden_size=64", "arch.hidden_size"),
-        ("ema=false", "ema"),
-        ("optimizer=adamw", "optimizer"),
-        ("freeze_weights=true", "freeze_weights"),
-        ("arch.forward_dtype=bfloat16", "arch.forward_dtype"),
-        ("seed=1", "seed"),
+        ("global_batch_size=8", "global_batch_size: 16 -> 8"),
+        ("arch.hidden_size=64", "arch.hidden_size: 32 -> 64"),
+        ("ema=false", "ema: True -> False"),
+        ("optimizer=adamw", "optimizer: 'adam_atan2' -> 'adamw'"),
+        ("freeze_weights=true", "freeze_weights: False -> True"),
+        ("arch.forward_dtype=bfloat16", "arch.forward_dtype: 'float32' -> 'bfloat16'"),
+        ("seed=1", "seed: 0 -> 1"),
     ],
 )
-def test_incompatible_change_is_refused_before_anything_is_touched(data, copied, change, key):
+def test_incompatible_change_is_refused_before_anything_is_touched(data, copied, change, difference):
     run_dir, before = copied
     result = train(_cfg(data, run_dir, change))
     assert result.status == "failed" and result.exit_code == 1
-    assert "cannot resume checkpoint step 20" in result.error and key in result.error, result.error
+    assert "cannot resume checkpoint step 20" in result.error and difference in result.error, result.error
     assert "run_dir=NEW_DIR" in result.error and "load_checkpoint=" in result.error
     assert _files(run_dir / "checkpoints") == before
 
