@@ -36,7 +36,7 @@ from tests.pretrain_runs import (
     wait_for_step,
 )
 from training.checkpointing import Checkpointer, CheckpointError, load_weights
-from training.config import compose, validate
+from training.config import ConfigError, compose, validate
 from training.run_paths import RunLock
 from training.sharding import make_shardings
 
@@ -448,3 +448,26 @@ def test_a_sweep_runs_every_job_and_no_job_resumes_another_jobs_state(tmp_path, 
     assert proc.returncode == 0, tail(proc.output)
     for lr in ("0.001", "0.002"):
         assert json.loads((tmp_path / f"lr_{lr}" / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_degenerate_dataset_or_an_invalid_knob_stops_at_start_and_touches_no_checkpoint(tmp_path, data, copied):
+    run_dir, before = copied
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    indices = broken / "train" / "all__puzzle_indices.npy"
+    np.save(indices, np.zeros_like(np.load(indices)))  # every puzzle empty
+    result = train(_cfg(str(broken), run_dir))
+    assert result.status == "failed" and "train/all__puzzle_indices.npy: must run from 0" in result.error
+    assert _files(run_dir / "checkpoints") == before
+
+    for knob, message in (
+        ("log_every_steps=0", "log_every_steps"),
+        ("max_to_keep=0", "max_to_keep"),
+        ("lr=-1", "lr"),
+        ("arch.expansion=-2", "arch.expansion"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            train(_cfg(data, run_dir, knob))
+    assert _files(run_dir / "checkpoints") == before

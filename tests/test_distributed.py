@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.pretrain_runs import pretrain_cmd, run, run_env, start, tail, train_args, wait_for_step
+from tests.pretrain_runs import TIMEOUT_SCALE, pretrain_cmd, run, run_env, start, tail, train_args, wait_for_step
 from training.ports import free_port
 
 HEARTBEAT_S = 10
@@ -110,7 +110,7 @@ def test_a_missing_or_duplicated_peer_gets_the_project_hint_not_a_cpp_abort(tmp_
     args = train_args(data, run_dir, f"distributed.initialization_timeout={timeout_s}")
     procs = start_with_ids(tmp_path, compile_cache, ids, 2, args)
     try:
-        codes = [p.wait(timeout=90) for p in procs]
+        codes = [p.wait(timeout=90 * TIMEOUT_SCALE) for p in procs]
     finally:
         stop(procs)
     for i, code in enumerate(codes):
