@@ -107,7 +107,7 @@ def test_every_experiment_dry_runs(capsys):
 def _smoke_program(name: str) -> str:
     """What a smoke run of `name` trains, minus its names and data (smoke generates the data)."""
     dump = validate(apply_smoke(compose(name, ["smoke.enabled=true"]))).model_dump()
-    for key in ("experiment_name", "experiment_group", "data_paths"):
+    for key in ("experiment_name", "experiment_group", "data_paths", "run_dir"):
         dump.pop(key)
     return json.dumps(dump, sort_keys=True)
 
