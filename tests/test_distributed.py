@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import time
 
 import pytest
 
@@ -87,40 +89,61 @@ def test_global_batch_not_divisible_by_device_count_is_refused(tmp_path, data, c
     assert "cannot be split over 3 devices" in proc.output and "multiple of 3" in proc.output, tail(proc.output)
 
 
-def start_with_ids(tmp_path, compile_cache, ids: list[int], num_processes: int, args: list[str]):
-    coordinator = f"127.0.0.1:{free_port()}"
-    procs = []
-    for i, pid in enumerate(ids):
-        env = run_env(
-            compile_cache,
-            TRM_COORDINATOR_ADDRESS=coordinator,
-            TRM_NUM_PROCESSES=str(num_processes),
-            TRM_PROCESS_ID=str(pid),
-        )
-        procs.append(start(pretrain_cmd(args), env, tmp_path / f"process_{i}.txt"))
-    return procs
+def _start(tmp_path, compile_cache, coordinator: str, process_id: int, args: list[str], log: str):
+    env = run_env(compile_cache, TRM_COORDINATOR_ADDRESS=coordinator, TRM_NUM_PROCESSES="2")
+    env["TRM_PROCESS_ID"] = str(process_id)
+    return start(pretrain_cmd(args), env, tmp_path / log)
+
+
+def _assert_hint(tmp_path, log: str, code: int, timeout_s: int) -> None:
+    out = (tmp_path / log).read_text()
+    assert code == 1, f"{log}: exit code {code}:\n{tail(out)}"
+    assert "did not meet all its peers at 127.0.0.1" in out, tail(out)
+    assert f"within distributed.initialization_timeout={timeout_s}s" in out, tail(out)
+    assert "two were started with the same process id" in out, tail(out)
+    assert "Check failure" not in out and "Terminating process" not in out, tail(out)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("ids", [[0], [1], [0, 0]], ids=["peer-missing", "coordinator-missing", "duplicated-id"])
-def test_a_missing_or_duplicated_peer_gets_the_project_hint_not_a_cpp_abort(tmp_path, data, compile_cache, ids):
+@pytest.mark.parametrize("process_id", [0, 1], ids=["peer-missing", "coordinator-missing"])
+def test_a_missing_peer_gets_the_project_hint_not_a_cpp_abort(tmp_path, data, compile_cache, process_id):
     timeout_s = 3
-    run_dir = tmp_path / "run"
-    args = train_args(data, run_dir, f"distributed.initialization_timeout={timeout_s}")
-    procs = start_with_ids(tmp_path, compile_cache, ids, 2, args)
+    args = train_args(data, tmp_path / "run", f"distributed.initialization_timeout={timeout_s}")
+    proc = _start(tmp_path, compile_cache, f"127.0.0.1:{free_port()}", process_id, args, "alone.txt")
     try:
-        codes = [p.wait(timeout=90 * TIMEOUT_SCALE) for p in procs]
+        code = proc.wait(timeout=90 * TIMEOUT_SCALE)
     finally:
-        stop(procs)
-    for i, code in enumerate(codes):
-        out = (tmp_path / f"process_{i}.txt").read_text()
-        assert code == 1, f"process {i} exited {code}:\n{tail(out)}"
-        assert "did not meet all its peers at 127.0.0.1" in out, tail(out)
-        assert f"within distributed.initialization_timeout={timeout_s}s" in out, tail(out)
-        assert "two were started with the same process id" in out, tail(out)
-        assert "Check failure" not in out and "Terminating process" not in out, tail(out)
-    assert not run_dir.exists()
+        stop([proc])
+    _assert_hint(tmp_path, "alone.txt", code, timeout_s)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_second_process_0_is_refused_before_it_disturbs_the_first(tmp_path, data, compile_cache):
+    timeout_s = 3 * int(TIMEOUT_SCALE)
+    port = free_port()
+    args = train_args(data, tmp_path / "run", f"distributed.initialization_timeout={timeout_s}")
+    first = _start(tmp_path, compile_cache, f"127.0.0.1:{port}", 0, args, "first.txt")
+    try:
+        deadline = time.monotonic() + 60 * TIMEOUT_SCALE
+        while not _listening(port):  # the first one serves the coordinator
+            assert first.poll() is None and time.monotonic() < deadline, tail((tmp_path / "first.txt").read_text())
+            time.sleep(0.2)
+        second = _start(tmp_path, compile_cache, f"127.0.0.1:{port}", 0, args, "second.txt")
+        codes = [p.wait(timeout=90 * TIMEOUT_SCALE) for p in (second, first)]
+    finally:
+        stop([first])
+    out = (tmp_path / "second.txt").read_text()
+    assert codes[0] == 1 and f"process 0 cannot serve the coordinator at 127.0.0.1:{port}" in out, tail(out)
+    assert "Another process 0 (of this job or an earlier one) may still run" in out
+    _assert_hint(tmp_path, "first.txt", codes[1], timeout_s)  # it waited for its peer, undisturbed
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.mark.timeout(60)

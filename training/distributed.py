@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sys
 import threading
 from typing import Any
@@ -52,6 +53,8 @@ def initialize(cfg: DistributedConfig) -> None:
             f"process id {explicit['process_id']} is outside 0..{n - 1} for a job of {n} processes: set "
             "TRM_PROCESS_ID (distributed.process_id) to a distinct id in that range"
         )
+    if explicit and explicit["process_id"] == 0:
+        _check_coordinator_port_free(explicit["coordinator_address"])
     hint = _peer_hint(explicit, cfg.initialization_timeout)
     # A missing or duplicated peer makes jax.distributed.initialize wait, then abort in C++; a
     # timer of ours says what is wrong first. Nothing of the run exists yet, so exiting loses nothing.
@@ -70,6 +73,23 @@ def initialize(cfg: DistributedConfig) -> None:
         raise ConfigError(f"{hint} ({reason})") from e
     finally:
         watchdog.cancel()
+
+
+def _check_coordinator_port_free(address: str) -> None:
+    """Process 0 serves the coordinator. If something already listens on its port (a second
+    process 0, or one left from an earlier job), JAX would still start and the two jobs' processes
+    would abort each other; a plain bind tells first."""
+    port = int(address.rsplit(":", 1)[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError as e:
+            raise ConfigError(
+                f"process 0 cannot serve the coordinator at {address}: port {port} is in use on this host "
+                f"({e.strerror}). Another process 0 (of this job or an earlier one) may still run: stop it, or "
+                "choose another port"
+            ) from e
 
 
 def _peer_hint(explicit: dict[str, Any], timeout: int) -> str:
