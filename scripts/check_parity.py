@@ -273,23 +273,29 @@ def check_model_trace(case: str, meta, arrays) -> Comparator:
     return cmp
 
 
-def _compare_grads(cmp: Comparator, grads, carry):
+def _our_grad(cmp: Comparator, key: str, grads):
+    """Our gradient for the official `grad/<name>` (transposed to the official layout), or None
+    after recording that we have no such parameter."""
     param_grads, row_grads = grads
+    name = key[len("grad/") :]
+    if name.endswith("local_weights"):
+        return row_grads
+    coll, path, transpose = official_name_to_path(name)
     flat = {tuple(p.key for p in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(param_grads)[0]}
+    g = flat.get(path)
+    if coll != "params" or g is None:
+        cmp.results.append(Result(f"{cmp.case}:{key}", float("inf"), "no such parameter", False))
+        cmp.mark_used(key)
+        return None
+    return g.T if transpose else g
+
+
+def _compare_grads(cmp: Comparator, grads, carry):
     for key in [k for k in cmp.arrays if k.startswith("grad/")]:
-        name = key[len("grad/") :]
-        if name.endswith("local_weights"):
-            cmp.check(key, row_grads, **GRAD)
-        elif name.endswith("local_ids"):
+        if key.endswith("local_ids"):
             cmp.check(key, carry.puzzle_identifiers)
-        else:
-            coll, path, transpose = official_name_to_path(name)
-            g = flat.get(path)
-            if coll != "params" or g is None:
-                cmp.results.append(Result(f"{cmp.case}:{key}", float("inf"), "no such parameter", False))
-                cmp.mark_used(key)
-                continue
-            cmp.check(key, g.T if transpose else g, **GRAD)
+        elif (g := _our_grad(cmp, key, grads)) is not None:
+            cmp.check(key, g, **GRAD)
 
 
 # ---------------------------------------------------------------- bf16 model traces
@@ -442,25 +448,12 @@ def _compare_bf16_step(cmp: Comparator, prefix: str, label: str, carry, out, los
 
 
 def _compare_bf16_grads(cmp: Comparator, grads, carry, yardstick):
-    param_grads, row_grads = grads
-    flat = {tuple(p.key for p in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(param_grads)[0]}
     for key in [k for k in cmp.arrays if k.startswith("grad/")]:
-        name = key[len("grad/") :]
-        label = f"train/1[step-1]/grad/{name}"
-        if name.endswith("local_ids"):
+        label = f"train/1[step-1]/{key}"
+        if key.endswith("local_ids"):
             cmp.check(key, carry.puzzle_identifiers, label)
-            continue
-        if name.endswith("local_weights"):
-            g = row_grads
-        else:
-            coll, path, transpose = official_name_to_path(name)
-            g = flat.get(path)
-            if coll != "params" or g is None:
-                cmp.results.append(Result(f"{cmp.case}:{key}", float("inf"), "no such parameter", False))
-                cmp.mark_used(key)
-                continue
-            g = g.T if transpose else g
-        _ratio_check(cmp, key, label, g, cmp.arrays[key], *yardstick(key))
+        elif (g := _our_grad(cmp, key, grads)) is not None:
+            _ratio_check(cmp, key, label, g, cmp.arrays[key], *yardstick(key))
 
 
 def check_bf16_trace(case: str, meta, arrays) -> Comparator:

@@ -24,6 +24,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from training.config import PretrainConfig
+from training.state import all_finite
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -123,10 +124,7 @@ def checksums(tree) -> list[jax.Array]:
     return [_checksum(x) for x in jax.tree.leaves(tree)]
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats]))
+_all_finite = jax.jit(all_finite)
 
 
 class Checkpointer:

@@ -15,6 +15,12 @@ from training.config import PretrainConfig
 from training.sharding import Shardings
 
 
+def all_finite(tree) -> jax.Array:
+    """Whether every floating-point leaf of `tree` is finite (integer leaves always are)."""
+    floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats]))
+
+
 @struct.dataclass
 class TrainState:
     step: jax.Array  # optimizer steps taken (int32)

@@ -25,11 +25,7 @@ from models.trm import TRMInner
 from training.config import PretrainConfig
 from training.optimizers import make_schedule, sign_sgd_sparse_update
 from training.sharding import Shardings
-from training.state import TrainState, shadow_rates
-
-
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+from training.state import TrainState, all_finite, shadow_rates
 
 
 def _ema(rate: float, ema, params):
@@ -131,10 +127,10 @@ def make_train_step(
         puzzle_emb = sign_sgd_sparse_update(
             state.puzzle_emb, ids, g_rows, puzzle_lr_fn(state.step), cfg.puzzle_emb_weight_decay
         )
-        finite_step = loss_finite & _all_finite((g, g_rows))
+        finite_step = loss_finite & all_finite((g, g_rows))
         # A finite step whose update overflows the weights (a huge lr) is dropped too: weights
         # that became inf could never be recovered, and a checkpoint of them would be poison.
-        weights_overflow = finite_step & ~_all_finite((params, puzzle_emb, opt_state))
+        weights_overflow = finite_step & ~all_finite((params, puzzle_emb, opt_state))
         ok = finite_step & ~weights_overflow
         ema = _ema(cfg.ema_rate, state.ema_params, params) if cfg.ema else {}
         ema_shadows = {label: _ema(rate, state.ema_shadows[label], params) for label, rate in shadows.items()}
@@ -159,7 +155,7 @@ def make_train_step(
             metrics,
             lr=lr_fn(state.step),
             loss_finite=loss_finite,
-            params_finite=_all_finite(state.params),
+            params_finite=all_finite(state.params),
             weights_overflow=weights_overflow,
             skipped=~ok,
             loss_scale=loss_scale,
